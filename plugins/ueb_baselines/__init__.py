@@ -1,0 +1,35 @@
+"""Built-in poisoners other than Deep Hiding: the paper's baselines and two references.
+
+Each method's defaults are its official repository's settings; docs/poisoners.md gives the
+sources.
+"""
+
+from ueb.hookspecs import hookimpl
+
+
+@hookimpl
+def register_poisoners(register):
+    register(
+        "clean",
+        "ueb_baselines.reference:Clean",
+        summary="No perturbation: the clean-training reference row",
+        hidden_from_all=True,
+    )
+    register(
+        "random-noise",
+        "ueb_baselines.reference:RandomNoise",
+        summary="Reference: uniform random sample-wise noise in Linf 8/255 (not an unlearnable method)",
+    )
+    register("em", "ueb_baselines.em:ErrorMinimizing", summary="EM, error-minimizing noise (Huang et al. 2021), sample-wise Linf 8/255")
+    register(
+        "em-class",
+        "ueb_baselines.em:ErrorMinimizing",
+        summary="EM, class-wise variant",
+        defaults={"mode": "class"},
+    )
+    register("rem", "ueb_baselines.rem:RobustErrorMinimizing", summary="REM, robust error-minimizing noise (Fu et al. 2022), Linf 8/255")
+    register("tap", "ueb_baselines.tap:TargetedAdversarialPoisoning", summary="TAP, targeted adversarial poisoning (Fowl et al. 2021), Linf 8/255")
+    register("entf", "ueb_baselines.entf:EntangledFeatures", summary="EntF, entangled features (Wen et al. 2023), Linf 8/255")
+    register("lsp", "ueb_baselines.lsp:LinearSeparablePerturbations", summary="LSP, linear separable synthetic perturbations (Yu et al. 2022), L2")
+    register("ar", "ueb_baselines.ar:AutoregressivePerturbations", summary="AR, autoregressive perturbations (Sandoval-Segura et al. 2022), L2 1.0")
+    register("ops", "ueb_baselines.ops:OnePixelShortcut", summary="OPS, one-pixel shortcut (Wu et al. 2023), L0 1 pixel")

@@ -1,0 +1,27 @@
+"""Built-in datasets: the embedded Fashion-MNIST subset, CIFAR-10/100 and an ImageNet subset."""
+
+from ueb.hookspecs import hookimpl
+
+
+@hookimpl
+def register_datasets(register):
+    register(
+        "fashion-mnist",
+        "ueb_datasets.embedded:EmbeddedFashionMNIST",
+        summary="Embedded default: 10 classes, 1,000 train + 200 test real images per class (MIT), 32x32 RGB",
+    )
+    register(
+        "cifar10",
+        "ueb_datasets.cifar:CIFAR10",
+        summary="CIFAR-10 from the official python archive or folder under --data-root (no download)",
+    )
+    register(
+        "cifar100",
+        "ueb_datasets.cifar:CIFAR100",
+        summary="CIFAR-100 from the official python archive or folder under --data-root (no download)",
+    )
+    register(
+        "imagenet-subset",
+        "ueb_datasets.imagefolder:ImageNetSubset",
+        summary="ImageNet subset from train/ and val/ class folders: first 100 classes, 20% of train, 224x224",
+    )

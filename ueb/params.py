@@ -1,0 +1,151 @@
+"""Typed parameters: plain dataclasses, filled from dicts (TOML, CLI) with strict checking.
+
+Every plugin declares its parameters as a frozen dataclass. `parse_params` builds one from a
+mapping, rejecting unknown keys (with the closest valid name as a hint) and values of the
+wrong type, so a typo in a matrix file fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+from ueb.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def closest(name: str, choices: typing.Iterable[str]) -> str | None:
+    """The most similar valid name, for 'did you mean' hints."""
+    found = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return found[0] if found else None
+
+
+def parse_params(cls: type[T], values: Mapping[str, Any] | None, where: str) -> T:
+    """Build dataclass `cls` from `values`; `where` names the owner in error messages."""
+    values = dict(values or {})
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        key = unknown[0]
+        hint = closest(key, fields)
+        valid = ", ".join(sorted(fields)) or "none"
+        fix = f"did you mean '{hint}'?" if hint else f"valid parameters: {valid}"
+        raise ConfigError(f"unknown parameter '{key}' for {where}", fix)
+    kwargs = {k: coerce(v, hints[k], f"{where}: parameter '{k}'") for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid parameters for {where}: {exc}") from exc
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against annotation `tp`, converting CLI strings where unambiguous."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if errors else ConfigError(f"{where} cannot be None")
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value in allowed:
+            return value
+        hint = closest(str(value), [str(a) for a in allowed])
+        fix = f"did you mean '{hint}'?" if hint else f"one of {', '.join(map(str, allowed))}"
+        raise ConfigError(f"{where} is {value!r}, not an allowed value", fix)
+    if origin in (tuple, list):
+        args = get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in (s.strip() for s in value.split(",")) if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} should be a list, got {type(value).__name__}")
+        item_tp = args[0] if args else Any
+        items = [coerce(v, item_tp, where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} should be a table, got {type(value).__name__}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{where} should be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} should be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(float(value)) if float(value).is_integer() else _bad(value, "an integer", where)
+            except ValueError:
+                pass
+        return _bad(value, "an integer", where)
+    if tp is float:
+        if isinstance(value, bool):
+            return _bad(value, "a number", where)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return _parse_number(value)
+            except ValueError:
+                pass
+        return _bad(value, "a number", where)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        return _bad(value, "a string", where)
+    return value
+
+
+def _parse_number(text: str) -> float:
+    """Numbers as papers write them: '0.1', '1e-4', '8/255'."""
+    if "/" in text:
+        num, den = text.split("/", 1)
+        return float(num) / float(den)
+    return float(text)
+
+
+def _bad(value: Any, expected: str, where: str) -> Any:
+    raise ConfigError(f"{where} should be {expected}, got {value!r}")
+
+
+def as_dict(params: Any) -> dict[str, Any]:
+    """A JSON-friendly dict of a params dataclass (tuples become lists)."""
+    if params is None:
+        return {}
+    return json.loads(json.dumps(dataclasses.asdict(params), default=str))
+
+
+def params_hash(*parts: Any) -> str:
+    """Stable short hash of JSON-serialisable parts (dataclasses are converted)."""
+    norm = [as_dict(p) if dataclasses.is_dataclass(p) else p for p in parts]
+    blob = json.dumps(norm, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

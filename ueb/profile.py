@@ -1,0 +1,117 @@
+"""Profiles: the scale of a run (smoke, quick, paper) as data, read from TOML.
+
+A profile fixes the training protocol, the data subset, the default victim and dataset, and
+per-plugin scale parameters (`[plugins.NAME]`, NAME may be a glob). Code never branches on a
+profile's name; everything it changes is a field here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ueb.errors import ConfigError
+from ueb.params import parse_params
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The victim's training protocol. Defaults are the paper's (Sec. IV-A3, after REM)."""
+
+    iterations: int = 40_000
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    milestones: tuple[int, ...] = (16_000, 32_000)
+    gamma: float = 0.1
+    crop_padding: int = 4
+    flip: bool = True
+    eval_every: int = 2_000
+    eval_batch_size: int = 1_000
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    grad_clip: float = 0.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which part of the dataset a run uses: the first N images per class (None: all)."""
+
+    train_per_class: int | None = None
+    test_per_class: int | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str = ""
+    victims: tuple[str, ...] = ("resnet18",)
+    datasets: tuple[str, ...] = ("cifar10",)
+    seeds: tuple[int, ...] = (0,)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def plugin_params(self, name: str) -> dict[str, Any]:
+        """Scale parameters for plugin `name` (exact keys win over globs)."""
+        merged: dict[str, Any] = {}
+        for key in sorted(self.plugins, key=lambda k: (k == name, k)):
+            if key == name or fnmatch.fnmatchcase(name, key):
+                merged.update(self.plugins[key])
+        return merged
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+
+
+def load_profile(name_or_path: str) -> Profile:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILE_DIR / f"{name_or_path}.toml"
+    if not path.exists():
+        raise ConfigError(
+            f"unknown profile '{name_or_path}'", f"use one of {', '.join(available_profiles())} or a .toml path"
+        )
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"profile {path} is not valid TOML: {exc}") from exc
+    return profile_from_dict(raw, where=f"profile {path.name}")
+
+
+def profile_from_dict(raw: dict[str, Any], where: str) -> Profile:
+    raw = dict(raw)
+    training = parse_params(TrainingConfig, raw.pop("training", {}), where=f"{where} [training]")
+    data = parse_params(DataConfig, raw.pop("data", {}), where=f"{where} [data]")
+    plugins = raw.pop("plugins", {})
+    if not isinstance(plugins, dict) or not all(isinstance(v, dict) for v in plugins.values()):
+        raise ConfigError(f"{where}: [plugins] must hold one table per plugin name")
+    base = parse_params(_ProfileHead, raw, where=where)
+    return Profile(
+        name=base.name,
+        description=base.description,
+        victims=base.victims,
+        datasets=base.datasets,
+        seeds=base.seeds,
+        training=training,
+        data=data,
+        plugins={k: dict(v) for k, v in plugins.items()},
+    )
+
+
+@dataclass(frozen=True)
+class _ProfileHead:
+    name: str
+    description: str = ""
+    victims: tuple[str, ...] = ("resnet18",)
+    datasets: tuple[str, ...] = ("cifar10",)
+    seeds: tuple[int, ...] = (0,)

@@ -1,0 +1,170 @@
+"""The registry: every poisoner, countermeasure, victim and dataset the plugins registered.
+
+Entries hold "module:Class" strings and are imported on first use. Names are unique per
+kind: two plugins registering one name is an error naming both distributions.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ueb.errors import ConfigError, PluginError
+from ueb.params import closest, parse_params
+from ueb.plugins import PluginHost, get_host
+
+KINDS = ("poisoner", "countermeasure", "victim", "dataset")
+HOOKS = {
+    "poisoner": "register_poisoners",
+    "countermeasure": "register_countermeasures",
+    "victim": "register_victims",
+    "dataset": "register_datasets",
+}
+PLURAL = {k: k + "s" for k in KINDS}
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    name: str
+    target: Any  # "module:Class" or the class
+    summary: str
+    plugin: str
+    distribution: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def load_class(self) -> type:
+        from ueb import interfaces
+
+        base = {
+            "poisoner": interfaces.Poisoner,
+            "countermeasure": interfaces.Countermeasure,
+            "victim": interfaces.Victim,
+            "dataset": interfaces.Dataset,
+        }[self.kind]
+        if isinstance(self.target, str):
+            module_name, _, attr = self.target.partition(":")
+            try:
+                obj = getattr(importlib.import_module(module_name), attr)
+            except Exception as exc:
+                raise PluginError(
+                    f"{self.kind} '{self.name}' (plugin {self.plugin}, {self.distribution}) cannot be imported "
+                    f"from {self.target}: {type(exc).__name__}: {exc}",
+                    "reinstall the plugin or check its dependencies",
+                ) from exc
+        else:
+            obj = self.target
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise PluginError(
+                f"{self.kind} '{self.name}' from {self.distribution} is {obj!r}, not a {base.__name__} subclass",
+                "the plugin must register a class implementing the interface",
+            )
+        return obj
+
+    def create(self, params: Mapping[str, Any] | None = None) -> Any:
+        """Instantiate with defaults < `params`, both validated against the class's Params."""
+        cls = self.load_class()
+        merged = {**self.defaults, **(params or {})}
+        typed = parse_params(cls.Params, merged, where=f"{self.kind} '{self.name}'")
+        return cls(typed, name=self.name)
+
+
+class Registry:
+    def __init__(self, host: PluginHost | None = None) -> None:
+        self.host = host or get_host()
+        self.entries: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+        for kind in KINDS:
+            self._collect(kind)
+
+    def _collect(self, kind: str) -> None:
+        caller = getattr(self.host.pm.hook, HOOKS[kind])
+        # Run each plugin's hook by itself, sorted by plugin name (pluggy's own order is
+        # last-registered-first), so we know who registered what and results are stable.
+        for impl in sorted(caller.get_hookimpls(), key=lambda i: i.plugin_name):
+            plugin_name = impl.plugin_name
+            dist = self.host.distribution_of(plugin_name)
+
+            def register(
+                name: str,
+                target: Any,
+                *,
+                summary: str = "",
+                defaults: Mapping[str, Any] | None = None,
+                _plugin: str = plugin_name,
+                _dist: str = dist,
+                **meta: Any,
+            ) -> None:
+                existing = self.entries[kind].get(name)
+                if existing is not None:
+                    raise PluginError(
+                        f"{kind} '{name}' is registered twice: by {existing.distribution} "
+                        f"(plugin {existing.plugin}) and by {_dist} (plugin {_plugin})",
+                        "uninstall one of the two distributions or rename the plugin's entry",
+                    )
+                self.entries[kind][name] = Entry(
+                    kind, name, target, summary, _plugin, _dist, dict(defaults or {}), dict(meta)
+                )
+                rec = self.host.records.get(_plugin)
+                if rec is not None:
+                    rec.registered.append(f"{kind}:{name}")
+
+            try:
+                impl.function(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:
+                self.host.fail_registered(plugin_name, exc)
+
+    # -- queries -------------------------------------------------------------------------
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def get(self, kind: str, name: str) -> Entry:
+        try:
+            return self.entries[kind][name]
+        except KeyError:
+            hint = closest(name, self.entries[kind])
+            fix = f"did you mean '{hint}'?" if hint else f"see `ueb list {PLURAL[kind]}`"
+            raise ConfigError(f"unknown {kind} '{name}'", fix) from None
+
+    def create(self, kind: str, name: str, params: Mapping[str, Any] | None = None) -> Any:
+        return self.get(kind, name).create(params)
+
+    def select(self, kind: str, patterns: Iterable[str]) -> list[str]:
+        """Resolve names, comma lists, globs and 'all' into registered names (order kept)."""
+        chosen: list[str] = []
+        for raw in patterns:
+            for pat in (p.strip() for p in raw.split(",")):
+                if not pat:
+                    continue
+                if pat == "all":
+                    matches = [n for n in self.names(kind) if not self.entries[kind][n].meta.get("hidden_from_all")]
+                elif any(ch in pat for ch in "*?["):
+                    matches = [n for n in self.names(kind) if fnmatch.fnmatchcase(n, pat)]
+                    if not matches:
+                        raise ConfigError(f"no {kind} matches '{pat}'", f"see `ueb list {PLURAL[kind]}`")
+                else:
+                    self.get(kind, pat)
+                    matches = [pat]
+                chosen.extend(m for m in matches if m not in chosen)
+        return chosen
+
+
+_registry: Registry | None = None
+
+
+def get_registry() -> Registry:
+    global _registry
+    if _registry is None:
+        _registry = Registry()
+    return _registry
+
+
+def reset_registry() -> None:
+    global _registry
+    _registry = None
