@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ueb.training import Trainer
 
 
-class Plugin(ABC):
+class Plugin(ABC):  # noqa: B024 (abstract per kind below)
     """Common base: a name given by the registry, a version, typed parameters."""
 
     kind: ClassVar[str] = "plugin"

@@ -1,0 +1,155 @@
+"""The run configuration: defaults < matrix TOML file < command-line flags, validated once.
+
+A matrix file looks like:
+
+    profile = "quick"
+    poisoners = ["deephiding", "em"]
+    countermeasures = ["all"]
+    victims = ["fastnet"]          # default: the profile's
+    datasets = ["fashion-mnist"]   # default: the profile's
+    seeds = [0, 1]                 # default: the profile's
+    [params.deephiding]
+    restriction = "soft"
+
+`resolve` expands globs and 'all' against the registry and fills in the profile's defaults,
+giving the concrete matrix that is printed, stored with the results and hashed into the
+default run directory (so re-running the same command resumes the same run).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ueb.errors import ConfigError
+from ueb.params import as_dict, params_hash, parse_params
+from ueb.profile import Profile, load_profile
+from ueb.registry import Registry
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    poisoners: tuple[str, ...] = ("deephiding",)
+    countermeasures: tuple[str, ...] = ("vanilla",)
+    victims: tuple[str, ...] = ()
+    datasets: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
+    profile: str = "quick"
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    include_clean: bool = True
+    data_root: str | None = None
+    run_dir: str | None = None
+    cache_dir: str | None = None
+    device: str = "auto"
+    fail_fast: bool = False
+
+
+def load_matrix_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"matrix file {path} does not exist", "pass an existing .toml file to --matrix")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"matrix file {path} is not valid TOML: {exc}") from exc
+
+
+def build_config(file_values: dict[str, Any] | None, flags: dict[str, Any]) -> RunConfig:
+    """Merge file values and flags (flags win; None means 'not given') into a RunConfig."""
+    merged: dict[str, Any] = dict(file_values or {})
+    params = {k: dict(v) for k, v in merged.pop("params", {}).items()}
+    for plugin, values in (flags.pop("params", None) or {}).items():
+        params.setdefault(plugin, {}).update(values)
+    for key, value in flags.items():
+        if value is not None and value != ():
+            merged[key] = value
+    merged["params"] = params
+    return parse_params(RunConfig, merged, where="the run configuration")
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    """The concrete matrix: every name resolved, every plugin's parameters known."""
+
+    config: RunConfig
+    profile: Profile
+    datasets: tuple[str, ...]
+    poisoners: tuple[str, ...]
+    countermeasures: tuple[str, ...]
+    victims: tuple[str, ...]
+    seeds: tuple[int, ...]
+
+    def plugin_params(self, name: str) -> dict[str, Any]:
+        """Profile scale settings < the user's parameters, for plugin `name`."""
+        return {**self.profile.plugin_params(name), **self.config.params.get(name, {})}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile.name,
+            "datasets": list(self.datasets),
+            "poisoners": list(self.poisoners),
+            "countermeasures": list(self.countermeasures),
+            "victims": list(self.victims),
+            "seeds": list(self.seeds),
+            "params": self.config.params,
+            "training": as_dict(self.profile.training),
+            "data": as_dict(self.profile.data),
+            "profile_plugins": self.profile.plugins,
+            "device": self.config.device,
+            "data_root": self.config.data_root,
+        }
+
+    def run_id(self) -> str:
+        return f"{self.profile.name}-{params_hash(self.describe())[:10]}"
+
+
+def resolve(config: RunConfig, registry: Registry) -> ResolvedRun:
+    profile = load_profile(config.profile)
+    poisoners = registry.select("poisoner", config.poisoners)
+    if config.include_clean and "clean" in registry.entries["poisoner"] and "clean" not in poisoners:
+        poisoners = ["clean", *poisoners]
+    resolved = ResolvedRun(
+        config=config,
+        profile=profile,
+        datasets=tuple(registry.select("dataset", config.datasets or profile.datasets)),
+        poisoners=tuple(poisoners),
+        countermeasures=tuple(registry.select("countermeasure", config.countermeasures)),
+        victims=tuple(registry.select("victim", config.victims or profile.victims)),
+        seeds=tuple(config.seeds or profile.seeds),
+    )
+    for kind, names in (("poisoner", resolved.poisoners), ("countermeasure", resolved.countermeasures), ("victim", resolved.victims), ("dataset", resolved.datasets)):
+        if not names:
+            raise ConfigError(f"the run selects no {kind}", f"name at least one {kind}")
+    unknown = set(config.params) - set(resolved.poisoners + resolved.countermeasures + resolved.victims + resolved.datasets)
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ConfigError(f"parameters given for '{name}', which this run does not use", "check the plugin name in --param/[params]")
+    return resolved
+
+
+def with_run_dir(resolved: ResolvedRun, root: Path = Path("runs")) -> Path:
+    return Path(resolved.config.run_dir) if resolved.config.run_dir else root / resolved.run_id()
+
+
+def parse_param_flags(items: list[str], default_targets: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """`--param plugin.key=value` (or `key=value` for every selected poisoner)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--param '{item}' is not KEY=VALUE", "write e.g. --param deephiding.mode=sample")
+        key, value = item.split("=", 1)
+        if "." in key:
+            plugin, key = key.split(".", 1)
+            targets: tuple[str, ...] = (plugin,)
+        else:
+            targets = default_targets
+            if not targets:
+                raise ConfigError(f"--param '{item}' names no plugin", "write PLUGIN.KEY=VALUE")
+        for t in targets:
+            out.setdefault(t, {})[key] = value
+    return out
+
+
+__all__ = ["RunConfig", "ResolvedRun", "build_config", "resolve", "load_matrix_file", "parse_param_flags", "with_run_dir", "replace"]

@@ -1,0 +1,52 @@
+"""What a result was computed with: versions, git commit, device, plugin distributions."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import ueb
+from ueb.registry import Registry
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(ueb.__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(ueb.__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        if out.returncode == 0:
+            return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def environment_manifest(registry: Registry, device: str) -> dict[str, Any]:
+    import torch
+
+    return {
+        "ueb": ueb.__version__,
+        "git": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": device,
+        "device_name": device_name(device),
+        "plugins": {
+            name: {"distribution": rec.distribution, "version": rec.version, "ok": rec.ok, "error": rec.error}
+            for name, rec in sorted(registry.host.records.items())
+        },
+    }
