@@ -18,7 +18,11 @@ SMALL = {
     "fastnet": {"stem_width": 8, "widths": [16, 32]},
     "resnet18": {"width": 8},
     "resnet50": {"width": 4},
+    "vgg19": {"width": 8},
+    "densenet121": {"growth_rate": 4},
+    "vit": {"depth": 2, "width": 32, "heads": 4, "mlp_dim": 64},
 }
+ALL = {"fastnet", "resnet18", "resnet50", "vgg19", "densenet121", "vit"}
 
 
 def _smoke_trainer(**overrides) -> Trainer:
@@ -28,7 +32,10 @@ def _smoke_trainer(**overrides) -> Trainer:
 
 def test_victims_are_registered():
     names = get_registry().names("victim")
-    assert {"fastnet", "resnet18", "resnet50"} <= set(names)
+    assert set(names) >= ALL
+    for name in ALL:
+        cls = get_registry().get("victim", name).load_class()
+        assert cls.version and cls.__doc__
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
@@ -85,3 +92,37 @@ def test_bad_width_is_one_clear_error():
 
     with pytest.raises(ConfigError, match="width"):
         get_registry().create("victim", "resnet18", {"width": 0}).build(10, 32)
+
+
+def test_paper_sizes_at_cifar_scale():
+    """Full-width victims match the CIFAR layouts the paper's code bases train (10 classes)."""
+    reg = get_registry()
+
+    def count(name: str, **params) -> int:
+        model = reg.create("victim", name, params).build(10, 32)
+        return sum(p.numel() for p in model.parameters())
+
+    assert count("vgg19") == 20_040_522  # 16 conv-BN layers + linear(512, 10)
+    # torchvision's stem keeps a BN+ReLU after the 3x3 conv: 128 parameters more than kuangliu's
+    assert count("densenet121") == 6_956_298 + 128
+    vit = reg.create("victim", "vit").build(10, 32).backbone
+    assert vit.patch_size == 4 and vit.seq_length == 64 + 1 and len(vit.encoder.layers) == 6
+    assert vit.hidden_dim == 512
+
+
+def test_224_inputs_use_torchvision_layouts():
+    reg = get_registry()
+    dense = reg.create("victim", "densenet121", {"growth_rate": 4}).build(10, 224).backbone
+    assert dense.features.conv0.kernel_size == (7, 7)
+    assert isinstance(dense.features.pool0, torch.nn.MaxPool2d)
+    assert reg.create("victim", "vit", SMALL["vit"]).build(10, 224).backbone.patch_size == 16
+    vgg = reg.create("victim", "vgg19", {"width": 8}).build(10, 224)
+    assert vgg.feature_dim == 4096
+    assert vgg(torch.rand(1, 3, 224, 224)).shape == (1, 10)
+
+
+def test_vit_rejects_a_patch_that_does_not_tile():
+    from ueb.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="patch_size"):
+        get_registry().create("victim", "vit", {**SMALL["vit"], "patch_size": 5}).build(10, 32)

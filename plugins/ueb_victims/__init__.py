@@ -24,3 +24,18 @@ def register_victims(register):
         "ueb_victims.resnet:ResNet50",
         summary="ResNet-50 (He et al. 2016), CIFAR stem at 32x32, torchvision layout at 224",
     )
+    register(
+        "vgg19",
+        "ueb_victims.vgg:VGG19",
+        summary="VGG-19 with batch norm (Simonyan & Zisserman 2015), linear classifier on 512 features at 32x32",
+    )
+    register(
+        "densenet121",
+        "ueb_victims.densenet:DenseNet121",
+        summary="DenseNet-121 (Huang et al. 2017), growth 32, CIFAR stem at 32x32",
+    )
+    register(
+        "vit",
+        "ueb_victims.vit:ViT",
+        summary="Vision Transformer (Dosovitskiy et al. 2021) for 32x32: patch 4, depth 6, width 512, 8 heads",
+    )
