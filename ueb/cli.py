@@ -81,7 +81,6 @@ def run(
     out = Output()
     registry = _registry()
     file_values = load_matrix_file(matrix) if matrix else {}
-    poisoner_patterns = tuple(poisoner) or tuple(file_values.get("poisoners", ())) or ("deephiding",)
     flags: dict[str, Any] = {
         "poisoners": tuple(poisoner) or None,
         "countermeasures": tuple(countermeasures) or None,
@@ -95,9 +94,11 @@ def run(
         "device": device,
         "fail_fast": fail_fast or None,
         "include_clean": False if no_clean else None,
-        "params": parse_param_flags(param, tuple(registry.select("poisoner", poisoner_patterns))),
     }
     config = build_config(file_values, flags)
+    if param:
+        targets = tuple(registry.select("poisoner", config.poisoners))
+        config = build_config(file_values, {**flags, "params": parse_param_flags(param, targets)})
     resolved = resolve(config, registry)
     path = with_run_dir(resolved)
     out.config(resolved.describe(), path)

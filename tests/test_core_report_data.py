@@ -1,0 +1,132 @@
+"""Report goldens and the dataset loaders (embedded, CIFAR archive, ImageNet folders)."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ueb.errors import DataError
+from ueb.registry import get_registry
+from ueb.report import build_table, to_csv, to_json, to_latex, to_markdown
+from ueb.store import CellRecord, Store
+from ueb.testing import write_cifar_archive
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def fixed_records() -> list[CellRecord]:
+    recs = []
+    acc = {
+        ("clean", "vanilla"): [94.59, 94.41],
+        ("clean", "jpeg10"): [85.22, 85.0],
+        ("deephiding", "vanilla"): [10.08, 10.5],
+        ("deephiding", "jpeg10"): [83.98, 84.2],
+        ("em", "vanilla"): [10.1, 10.3],
+    }
+    i = 0
+    for (p, c), values in acc.items():
+        for seed, a in enumerate(values):
+            recs.append(CellRecord(f"id{i}", i, "cifar10", p, c, "resnet18", seed, status="ok", final_acc=a, peak_acc=a + 1))
+            i += 1
+    recs.append(CellRecord(f"id{i}", i, "cifar10", "em", "jpeg10", "resnet18", 0, status="error", error="boom"))
+    return recs
+
+
+CONFIG = {"countermeasures": ["vanilla", "jpeg10"], "poisoners": ["clean", "deephiding", "em"]}
+
+
+def test_markdown_report_matches_the_golden_file():
+    text = to_markdown(build_table(fixed_records(), "final", CONFIG))
+    golden = GOLDEN / "table.md"
+    if os.environ.get("UEB_ACCEPT_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text()
+
+
+def test_mean_and_max_are_over_countermeasures_per_seed():
+    table = build_table(fixed_records(), "final", CONFIG)
+    dh = next(r for r in table.rows if r.poisoner == "deephiding")
+    per_seed_means = [(10.08 + 83.98) / 2, (10.5 + 84.2) / 2]
+    assert dh.mean.mean == pytest.approx(sum(per_seed_means) / 2)
+    assert dh.max.mean == pytest.approx((83.98 + 84.2) / 2)
+    em = next(r for r in table.rows if r.poisoner == "em")
+    assert em.cells["jpeg10"].text() == "err" and em.mean.incomplete
+    assert [r.poisoner for r in table.rows] == ["clean", "deephiding", "em"]
+
+
+def test_other_formats_render_every_row():
+    table = build_table(fixed_records(), "peak", CONFIG)
+    assert to_csv(table).count("\n") == 4
+    assert "\\pm" in to_latex(table) and "\\bottomrule" in to_latex(table)
+    assert '"poisoner": "deephiding"' in to_json(table)
+
+
+def test_store_round_trip_and_exports(tmp_path):
+    store = Store(tmp_path)
+    for r in fixed_records():
+        store.put(r)
+    store.set_manifest(config=CONFIG)
+    again = Store.open_existing(tmp_path)
+    assert [r.cell_id for r in again.records()] == [r.cell_id for r in fixed_records()]
+    assert "deephiding" in again.export_csv() and '"manifest"' in again.export_json()
+
+
+# -- datasets -----------------------------------------------------------------------------------
+
+
+def test_embedded_fashion_mnist_is_real_rgb_32():
+    splits = get_registry().create("dataset", "fashion-mnist").load(None)
+    assert splits.train.images.shape == (10_000, 3, 32, 32) and splits.test.images.shape == (2_000, 3, 32, 32)
+    assert torch.equal(splits.train.labels.bincount(), torch.full((10,), 1000))
+    x = splits.train.images
+    assert torch.equal(x[:, 0], x[:, 1]) and int(x[:, :, :2].max()) == 0  # grey replicated, 2-px border
+    assert float(x.float().std()) > 50  # real images, not a blank array
+
+
+def test_cifar_loader_reads_the_official_archive_format(tmp_path):
+    archive = write_cifar_archive(tmp_path, per_class=4, test_per_class=2)
+    ds = get_registry().create("dataset", "cifar10")
+    for root in (tmp_path, archive):
+        s = ds.load(root)
+        assert s.train.images.shape == (200, 3, 32, 32) and s.test.images.shape == (20, 3, 32, 32)
+        assert s.train.classes[0] == "class0"
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    s2 = ds.load(tmp_path / "x" / "cifar-10-batches-py")
+    assert torch.equal(s2.train.images, s.train.images)
+
+
+def test_cifar_loader_errors_name_the_expected_layout(tmp_path):
+    ds = get_registry().create("dataset", "cifar10")
+    with pytest.raises(DataError, match="does not exist"):
+        ds.load(tmp_path / "missing")
+    with pytest.raises(DataError, match="cifar-10-python.tar.gz"):
+        ds.load(tmp_path)
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not an archive")
+    with pytest.raises(DataError, match="not a readable CIFAR archive"):
+        ds.load(tmp_path)
+    with pytest.raises(DataError, match="--data-root"):
+        ds.load(None)
+
+
+def test_imagenet_subset_folder_loader(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10), ("val", 2)):
+        for cls in ("n01", "n02", "n03"):
+            d = tmp_path / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(d / f"{i:03d}.JPEG")
+    ds = get_registry().create("dataset", "imagenet-subset", {"num_classes": 2, "size": 32})
+    s = ds.load(tmp_path)
+    assert s.train.images.shape == (4, 3, 32, 32)  # 20% of 10 images, 2 classes
+    assert s.test.images.shape == (4, 3, 32, 32) and s.train.classes == ("n01", "n02")
+    (tmp_path / "train" / "n01" / "000.JPEG").write_bytes(b"corrupt")
+    with pytest.raises(DataError, match="000.JPEG"):
+        ds.load(tmp_path)
