@@ -117,6 +117,21 @@ def test_a_raising_poisoner_fails_its_cells_and_the_matrix_goes_on(registry, tmp
     assert summary.ok == 4
 
 
+def test_partial_poisoning_is_a_matrix_axis_with_a_fixed_subset(registry, tmp_path):
+    from ueb.runner import mix_poison
+
+    runner = _run(registry, tmp_path, countermeasures=("identity",), poison_fractions=(0.5, 1.0))
+    runner.execute()
+    recs = runner.store.records()
+    assert sorted((r.poisoner, r.poison_fraction) for r in recs) == [("clean", 1.0), ("counting", 0.5), ("counting", 1.0)]
+    clean = make_imageset(per_class=10, num_classes=2)
+    poisoned = clean.with_images((clean.float01() + 4 / 255).clamp(0, 1))
+    mixed = mix_poison(clean, poisoned, 0.3, seed=0)
+    changed = (mixed.images != clean.images).flatten(1).any(1)
+    assert int(changed.sum()) == 6
+    assert torch.equal(mix_poison(clean, poisoned, 0.3, seed=0).images, mixed.images)
+
+
 def test_fail_fast_stops_at_the_first_failure(registry, tmp_path):
     with pytest.raises(UebError, match="generator exploded"):
         _run(registry, tmp_path, poisoners=("raising",), fail_fast=True, include_clean=False).execute()

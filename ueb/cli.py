@@ -70,6 +70,8 @@ def run(
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Where results go (default: runs/<profile>-<config hash>).")] = None,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Cache for poisons and trained models (default: $UEB_CACHE or ~/.cache/ueb).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = None,
+    poison_fraction: Annotated[list[float], typer.Option("--poison-fraction", help="Poison only this fraction of the training set (repeatable: a matrix axis).")] = [],  # noqa: B006
+    save_models: Annotated[str | None, typer.Option("--save-models", help="Keep trained victims: none | vanilla | all.")] = None,
     metric: Annotated[str, typer.Option("--metric", help="Accuracy shown in the table: final | peak.")] = "final",
     no_clean: Annotated[bool, typer.Option("--no-clean", help="Skip the clean-training reference row.")] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failing cell.")] = False,
@@ -94,6 +96,8 @@ def run(
         "device": device,
         "fail_fast": fail_fast or None,
         "include_clean": False if no_clean else None,
+        "poison_fractions": tuple(poison_fraction) or None,
+        "save_models": save_models,
     }
     config = build_config(file_values, flags)
     if param:
@@ -272,6 +276,10 @@ def profiles() -> None:
 
 
 # --------------------------------------------------------------------------- entry point
+
+from ueb import cli_analysis  # noqa: E402  (analysis commands: plot, check, baseline)
+
+cli_analysis.add_commands(app)
 
 
 def get_app() -> typer.Typer:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ueb.errors import ConfigError
 from ueb.params import as_dict, params_hash, parse_params
@@ -44,6 +44,11 @@ class RunConfig:
     cache_dir: str | None = None
     device: str = "auto"
     fail_fast: bool = False
+    # Trained victims kept for analysis (Grad-CAM, t-SNE): none, the vanilla cells, or all.
+    save_models: Literal["none", "vanilla", "all"] = "vanilla"
+    # Fractions of the training set that are poisoned (paper Tables V, VI, G), a matrix axis;
+    # the rest stays clean. The poisoned subset is fixed by the seed.
+    poison_fractions: tuple[float, ...] = (1.0,)
 
 
 def load_matrix_file(path: str | Path) -> dict[str, Any]:
@@ -99,6 +104,7 @@ class ResolvedRun:
             "profile_plugins": self.profile.plugins,
             "device": self.config.device,
             "data_root": self.config.data_root,
+            "poison_fractions": list(self.config.poison_fractions),
         }
 
     def run_id(self) -> str:
@@ -119,6 +125,9 @@ def resolve(config: RunConfig, registry: Registry) -> ResolvedRun:
         victims=tuple(registry.select("victim", config.victims or profile.victims)),
         seeds=tuple(config.seeds or profile.seeds),
     )
+    bad = [f for f in config.poison_fractions if not 0.0 < f <= 1.0]
+    if bad:
+        raise ConfigError(f"poison fraction {bad[0]} is outside (0, 1]", "use e.g. 0.2 for 20%")
     for kind, names in (("poisoner", resolved.poisoners), ("countermeasure", resolved.countermeasures), ("victim", resolved.victims), ("dataset", resolved.datasets)):
         if not names:
             raise ConfigError(f"the run selects no {kind}", f"name at least one {kind}")

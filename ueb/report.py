@@ -66,6 +66,11 @@ def _order(names: Sequence[str], preferred: Sequence[str] | None) -> list[str]:
     return first + [n for n in seen if n not in first]
 
 
+def row_label(poisoner: str, fraction: float) -> str:
+    """'em' for a fully poisoned set, 'em @20%' when only a fraction is poisoned."""
+    return poisoner if fraction >= 1.0 else f"{poisoner} @{fraction * 100:g}%"
+
+
 def _agg(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
@@ -78,10 +83,12 @@ def build_table(records: Sequence[CellRecord], metric: Metric = "final", config:
     columns = _order([r.countermeasure for r in records], config.get("countermeasures"))
     datasets = _order([r.dataset for r in records], config.get("datasets"))
     victims = _order([r.victim for r in records], config.get("victims"))
-    poisoners = _order([r.poisoner for r in records], ["clean", *config.get("poisoners", [])])
+    order = {p: i for i, p in enumerate(_order([r.poisoner for r in records], ["clean", *config.get("poisoners", [])]))}
+    labelled = sorted({(r.poisoner, r.poison_fraction) for r in records}, key=lambda pf: (order[pf[0]], -pf[1]))
+    poisoners = [row_label(p, f) for p, f in labelled]
     by_key: dict[tuple[str, str, str, str], list[CellRecord]] = {}
     for r in records:
-        by_key.setdefault((r.dataset, r.victim, r.poisoner, r.countermeasure), []).append(r)
+        by_key.setdefault((r.dataset, r.victim, row_label(r.poisoner, r.poison_fraction), r.countermeasure), []).append(r)
     seeds = sorted({r.seed for r in records})
     rows = []
     for d in datasets:

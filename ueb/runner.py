@@ -44,6 +44,7 @@ class Cell:
     seed: int
     countermeasure: str
     victim: str
+    fraction: float = 1.0
 
 
 def plan(run: ResolvedRun) -> list[Cell]:
@@ -51,9 +52,10 @@ def plan(run: ResolvedRun) -> list[Cell]:
     for d in run.datasets:
         for p in run.poisoners:
             for s in run.seeds:
-                for c in run.countermeasures:
-                    for v in run.victims:
-                        cells.append(Cell(len(cells), d, p, s, c, v))
+                for f in run.config.poison_fractions if p != "clean" else (1.0,):
+                    for c in run.countermeasures:
+                        for v in run.victims:
+                            cells.append(Cell(len(cells), d, p, s, c, v, f))
     return cells
 
 
@@ -119,7 +121,10 @@ class MatrixRunner:
         done = self.store.done_ids()
         ids = {cell: self.cell_id(cell) for cell in cells}
         self.store.set_manifest(
-            config=self.run.describe(), environment=environment_manifest(self.registry, self.device), run_id=self.run.run_id()
+            config=self.run.describe(),
+            environment=environment_manifest(self.registry, self.device),
+            run_id=self.run.run_id(),
+            cache_root=str(self.artifacts.root.resolve()),
         )
         todo = [c for c in cells if ids[c] not in done]
         ok = failed = 0
@@ -158,6 +163,7 @@ class MatrixRunner:
             cell.victim,
             self.run.plugin_params(cell.victim),
             cell.seed,
+            cell.fraction,
             as_dict(self.run.profile.training),
             as_dict(self.run.profile.data),
             self.run.plugin_params(cell.dataset),
@@ -191,11 +197,12 @@ class MatrixRunner:
                 self.record_error(cell, ids[cell], message)
                 bar.advance()
             return 0, len(group)
-        for cm_name in dict.fromkeys(c.countermeasure for c in group):
+        for fraction, cm_name in dict.fromkeys((c.fraction, c.countermeasure) for c in group):
             transformed: dict[str, tuple[ImageSet, ImageSet]] = {}
-            for cell in (c for c in group if c.countermeasure == cm_name):
+            mixed = mix_poison(splits.train, poisoned, fraction, first.seed)
+            for cell in (c for c in group if c.countermeasure == cm_name and c.fraction == fraction):
                 try:
-                    record = self.run_cell(cell, ids[cell], poisoner, poisoned, facts, poison_seconds, splits, transformed)
+                    record = self.run_cell(cell, ids[cell], poisoner, mixed, facts, poison_seconds, splits, transformed)
                     self.store.put(record)
                     ok += 1
                     self.log(
@@ -257,6 +264,7 @@ class MatrixRunner:
         model = victim.build(splits.train.num_classes, splits.train.image_size, splits.train.channels)
         trainer = Trainer(self.run.profile.training, self.device, cell.seed, self.progress)
         result = cm.fit(model, train, test, trainer, ctx)
+        self.save_model(cell, cell_id, model)
         clean = self.clean_reference(cell)
         return CellRecord(
             cell_id=cell_id,
@@ -266,6 +274,7 @@ class MatrixRunner:
             countermeasure=cell.countermeasure,
             victim=cell.victim,
             seed=cell.seed,
+            poison_fraction=cell.fraction,
             profile=self.run.profile.name,
             poisoner_version=type(poisoner).version,
             countermeasure_version=type(cm).version,
@@ -288,6 +297,16 @@ class MatrixRunner:
             extra=result.extra,
         )
 
+    def save_model(self, cell: Cell, cell_id: str, model: torch.nn.Module) -> None:
+        mode = self.run.config.save_models
+        if mode == "none" or (mode == "vanilla" and cell.countermeasure != "vanilla"):
+            return
+        folder = self.run_dir / "models"
+        folder.mkdir(exist_ok=True)
+        tmp = folder / f"{cell_id}.pt.tmp"
+        torch.save({"state_dict": model.state_dict(), "victim": cell.victim, "params": self.run.plugin_params(cell.victim)}, tmp)
+        tmp.replace(folder / f"{cell_id}.pt")
+
     def clean_reference(self, cell: Cell) -> tuple[float, float] | None:
         if cell.poisoner == "clean" or "clean" not in self.run.poisoners:
             return None
@@ -306,11 +325,23 @@ class MatrixRunner:
                 countermeasure=cell.countermeasure,
                 victim=cell.victim,
                 seed=cell.seed,
+                poison_fraction=cell.fraction,
                 profile=self.run.profile.name,
                 status="error",
                 error=message,
             )
         )
+
+
+def mix_poison(clean: ImageSet, poisoned: ImageSet, fraction: float, seed: int) -> ImageSet:
+    """Poison a seeded, fixed subset of `fraction` of the images; keep the rest clean."""
+    if fraction >= 1.0:
+        return poisoned
+    n = len(clean)
+    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(10_007 + seed))[: round(fraction * n)]
+    images = clean.uint8().clone()
+    images[chosen] = poisoned.uint8()[chosen]
+    return poisoned.with_images(images, poison_fraction=fraction)
 
 
 class PoisonerFailure(UebError):

@@ -32,6 +32,7 @@ class CellRecord:
     countermeasure: str
     victim: str
     seed: int
+    poison_fraction: float = 1.0
     profile: str = ""
     poisoner_version: str = ""
     countermeasure_version: str = ""
@@ -65,7 +66,7 @@ def _column_type(name: str) -> str:
         return "TEXT"
     if name in ("ordinal", "seed", "peak_step", "iterations"):
         return "INTEGER"
-    if name.endswith(("_acc", "_seconds")):
+    if name.endswith(("_acc", "_seconds", "_fraction")):
         return "REAL"
     return "TEXT"
 

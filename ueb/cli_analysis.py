@@ -1,0 +1,17 @@
+"""Analysis commands (plots, HTML report, baselines/regression checks) added to the `ueb` CLI.
+
+Kept apart from cli.py so the core commands stay small; importing this never imports torch.
+"""
+
+from __future__ import annotations
+
+import typer
+
+
+def add_commands(app: typer.Typer) -> None:
+    """Attach the analysis commands to `app` (filled in by ueb.analysis modules)."""
+    try:
+        from ueb.analysis.commands import register
+    except ImportError:  # the analysis package is optional at import time of the core
+        return
+    register(app)
