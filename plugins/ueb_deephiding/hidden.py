@@ -1,0 +1,106 @@
+"""Where the hidden images come from: groups of K x M images, one group per class.
+
+* "sig": the Semantic Images Generation bank (`ueb_sig.load_or_build_bank`, paper Sec. III-B3):
+  M images per class sharing a global shape, differing in texture.
+* "next-class": clean training images of the next class (class k hides images of class
+  k+1 mod K), the paper's appendix Table D baseline.
+* "natural": random natural images from another dataset (appendix Table D uses CIFAR-100),
+  M disjoint random images per class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ueb.errors import ConfigError
+from ueb.imageset import ImageSet
+from ueb.interfaces import RunContext
+
+
+@dataclass
+class HiddenGroups:
+    images: torch.Tensor  # uint8 (K, M, C, S, S)
+    source: str
+    content_hash: str
+    facts: dict[str, Any]
+
+    @property
+    def per_class(self) -> int:
+        return int(self.images.shape[1])
+
+
+def _hash(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().numpy().tobytes() + str(tuple(t.shape)).encode()).hexdigest()[:16]
+
+
+def _fit(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
+    """uint8 (..., C', S', S') -> uint8 (..., channels, size, size)."""
+    lead = images.shape[:-3]
+    x = images.reshape(-1, *images.shape[-3:]).float()
+    if x.shape[1] != channels:
+        if channels == 1:
+            x = (x * torch.tensor([0.299, 0.587, 0.114])[: x.shape[1], None, None]).sum(1, keepdim=True)
+        else:
+            x = x.mean(1, keepdim=True).expand(-1, channels, -1, -1)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).reshape(*lead, channels, size, size)
+
+
+def next_class(train: ImageSet, per_class: int) -> HiddenGroups:
+    k = train.num_classes
+    counts = [int((train.labels == c).sum()) for c in range(k)]
+    m = min([per_class, *counts])
+    if m < 1:
+        raise ConfigError("hidden='next-class' needs at least one training image per class", "use a dataset with every class present")
+    u8 = train.uint8()
+    groups = []
+    for c in range(k):
+        idx = torch.nonzero(train.labels == (c + 1) % k).flatten()[:m]
+        groups.append(u8[idx])
+    images = torch.stack(groups)
+    return HiddenGroups(images, "next-class", _hash(images), {"per_class": m})
+
+
+def natural(ctx: RunContext, train: ImageSet, per_class: int, dataset: str, seed: int) -> HiddenGroups:
+    source = ctx.registry.create("dataset", dataset).load(ctx.data_root).train
+    k = train.num_classes
+    need = k * per_class
+    if len(source) < need:
+        raise ConfigError(f"hidden='natural': dataset '{dataset}' has {len(source)} images, {need} needed", "lower 'per_class'")
+    perm = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))[:need]
+    images = _fit(source.uint8()[perm], train.channels, train.image_size).reshape(k, per_class, train.channels, train.image_size, train.image_size)
+    return HiddenGroups(images, f"natural:{dataset}", _hash(images), {"per_class": per_class, "dataset": dataset})
+
+
+def sig(ctx: RunContext, train: ImageSet, per_class: int, backend: str, seed: int) -> HiddenGroups:
+    try:
+        import ueb_sig
+    except ImportError as exc:
+        raise ConfigError("hidden='sig' needs the ueb_sig plugin, which cannot be imported", "install it or pass hidden=next-class") from exc
+    if not hasattr(ueb_sig, "load_or_build_bank"):
+        raise ConfigError("the installed ueb_sig has no load_or_build_bank()", "update ueb_sig or pass hidden=next-class")
+    bank = ueb_sig.load_or_build_bank(ctx, train.num_classes, per_class, train.image_size, backend=backend, seed=seed)
+    images = bank.images
+    if images.dtype != torch.uint8 or images.ndim != 5 or images.shape[0] != train.num_classes:
+        raise ConfigError(f"the SIG bank has shape {tuple(images.shape)} / {images.dtype}", "expected uint8 (K, M, 3, S, S)")
+    images = _fit(images.cpu(), train.channels, train.image_size)
+    facts = {"per_class": int(images.shape[1]), "backend": getattr(bank, "backend", backend), "encoder": getattr(bank, "encoder", None)}
+    return HiddenGroups(images, "sig", str(getattr(bank, "content_hash", _hash(images))), facts)
+
+
+def load_groups(ctx: RunContext, train: ImageSet, kind: str, per_class: int, *, backend: str = "offline", dataset: str = "cifar100", seed: int = 0) -> HiddenGroups:
+    if per_class < 1:
+        raise ConfigError(f"'per_class' must be positive, got {per_class}")
+    if kind == "next-class":
+        return next_class(train, per_class)
+    if kind == "natural":
+        return natural(ctx, train, per_class, dataset, seed)
+    if kind == "sig":
+        return sig(ctx, train, per_class, backend, seed)
+    raise ConfigError(f"unknown hidden image source '{kind}'", "use sig, next-class or natural")

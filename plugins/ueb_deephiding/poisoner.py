@@ -1,0 +1,235 @@
+"""Deep Hiding (Meng et al. 2024, "Semantic Deep Hiding for Robust Unlearnable Examples").
+
+An invertible hiding network (HiNet, Jing et al. 2021) hides a semantic image in every
+training image; the container is the unlearnable example (Sec. III-B). Class-wise DH(C)
+hides one image per class, sample-wise DH(S) one of the class's group per sample
+(Sec. IV-A2). Containers are clipped to Linf 8/255 around the clean image, or left as they
+are under the soft restriction (Sec. IV-H). The hider is trained once per (dataset, hidden
+images, settings) and cached as an artifact; so is the LFC feature extractor.
+docs/deephiding.md lists every setting and where it comes from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from ueb.errors import ConfigError
+from ueb.imageset import ImageSet
+from ueb.interfaces import Budget, Poisoner, RunContext
+from ueb.params import as_dict
+
+HIDER_FORMAT = "1"  # bump when the hider training changes its numbers
+
+
+@dataclass(frozen=True)
+class DeepHidingParams:
+    mode: Literal["class", "sample"] = "class"
+    hidden: Literal["sig", "next-class", "natural"] = "sig"
+    per_class: int = 100  # semantic images per class (paper Sec. IV-A2)
+    sig_backend: str = "offline"
+    natural_dataset: str = "cifar100"
+    restriction: Literal["strict", "soft"] = "strict"
+    eps: float = 8 / 255
+    # hider architecture (HiNet)
+    blocks: int = 16
+    growth: int = 32
+    dense_layers: int = 5
+    clamp: float = 2.0
+    init_scale: float = 0.01
+    # hider training (paper Sec. IV-A2)
+    iterations: int = 5000
+    batch_size: int = 24
+    lr: float = 10**-4.5
+    beta1: float = 0.5
+    beta2: float = 0.999
+    adam_eps: float = 1e-6
+    w_freq: float = 1.0
+    w_reveal: float = 1.0
+    w_conc: float = 1e-4
+    checkpoint_every: int = 100
+    explode_factor: float = 100.0
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 8
+    hider_seed: int = 0
+    # LFC feature extractor
+    extractor_weights: str = ""
+    extractor_width: int = 64
+    extractor_iterations: int = 0  # 0: the profile's victim training length
+    # generation
+    gen_batch_size: int = 256
+    reveal_check: int = 64  # images whose hidden image is revealed for report()
+
+
+class DeepHiding(Poisoner):
+    """DH(C) / DH(S): HiNet-style invertible hiding of semantic images (paper Sec. III-B)."""
+
+    version: ClassVar[str] = "1"
+    Params = DeepHidingParams
+
+    def __init__(self, params: Any = None, name: str | None = None) -> None:
+        super().__init__(params, name)
+        self._report: dict[str, Any] = {}
+        p = self.params
+        for key in ("blocks", "growth", "dense_layers", "iterations", "batch_size", "per_class", "gen_batch_size", "checkpoint_every", "extractor_width"):
+            if getattr(p, key) <= 0:
+                raise ConfigError(f"poisoner '{self.name}': '{key}' must be positive, got {getattr(p, key)}")
+        if not (0 < p.eps < 1):
+            raise ConfigError(f"poisoner '{self.name}': eps must lie in (0, 1), got {p.eps}")
+
+    # -- interface ---------------------------------------------------------------------------
+
+    def budget(self) -> Budget:
+        if self.params.restriction == "soft":
+            return Budget("unbounded")
+        return Budget("linf", self.params.eps)
+
+    @property
+    def sample_wise(self) -> bool:
+        return self.params.mode == "sample"
+
+    def report(self) -> dict[str, Any]:
+        return dict(self._report)
+
+    def poison(self, train: ImageSet, ctx: RunContext) -> torch.Tensor:
+        from ueb.training import resolve_device
+        from ueb_deephiding.metrics import psnr
+
+        device = resolve_device(ctx.device)
+        net, groups, facts = self.prepare(train, ctx)
+        hidden_idx = self.hidden_index(train, groups.per_class)
+        out = self.generate(net, train, groups.images, hidden_idx, device, ctx)
+        clean = train.float01()
+        q = out.mul(255).round().div(255)
+        self._report = {
+            **facts,
+            "mode": self.params.mode,
+            "restriction": self.params.restriction,
+            "psnr_vs_clean_db": psnr(q, clean),
+            **self.reveal_check(net, train, groups.images, hidden_idx, q, device),
+        }
+        return out
+
+    # -- pieces ------------------------------------------------------------------------------
+
+    def hider_config(self):
+        from ueb_deephiding.losses import LossWeights
+        from ueb_deephiding.training import HiderConfig
+
+        p = self.params
+        return HiderConfig(
+            blocks=p.blocks, growth=p.growth, dense_layers=p.dense_layers, clamp=p.clamp, init_scale=p.init_scale,
+            iterations=p.iterations, batch_size=p.batch_size, lr=p.lr, beta1=p.beta1, beta2=p.beta2, adam_eps=p.adam_eps,
+            weights=LossWeights(p.w_freq, p.w_reveal, p.w_conc, p.eps),
+            checkpoint_every=p.checkpoint_every, explode_factor=p.explode_factor,
+            rollback_lr_factor=p.rollback_lr_factor, max_rollbacks=p.max_rollbacks, seed=p.hider_seed,
+        )  # fmt: skip
+
+    def extractor_recipe(self, train: ImageSet, ctx: RunContext) -> dict[str, Any]:
+        p = self.params
+        if p.w_conc == 0:
+            return {"used": False}
+        if p.extractor_weights:
+            path = Path(p.extractor_weights).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"LFC extractor weights {path} do not exist", "pass a local state-dict file or leave 'extractor_weights' empty")
+            return {"source": "file", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16], "width": p.extractor_width}
+        its = p.extractor_iterations or ctx.profile.training.iterations
+        return {"source": "trained", "width": p.extractor_width, "iterations": its, "seed": p.hider_seed}
+
+    def prepare(self, train: ImageSet, ctx: RunContext):
+        """The trained hider (from the cache or trained now), the hidden groups, and facts."""
+        from ueb.training import resolve_device
+        from ueb_deephiding.extractor import load_extractor
+        from ueb_deephiding.hidden import load_groups
+        from ueb_deephiding.training import load_hider, train_hider
+
+        p = self.params
+        device = resolve_device(ctx.device)
+        groups = load_groups(ctx, train, p.hidden, p.per_class, backend=p.sig_backend, dataset=p.natural_dataset, seed=p.hider_seed)
+        cfg = self.hider_config()
+        ext = self.extractor_recipe(train, ctx)
+        recipe = {
+            "what": "deephiding-hider",
+            "format": HIDER_FORMAT,
+            "dataset": train.fingerprint(),
+            "hidden": {"source": groups.source, "hash": groups.content_hash},
+            "config": as_dict(cfg),
+            "extractor": ext,
+        }
+        art = ctx.artifacts.get("deephiding-hider", recipe)
+        extractor_info: dict[str, Any] = dict(ext)
+        if art.done and (art.path / "hider.pt").exists():
+            net = load_hider(art.path / "hider.pt", device)
+            manifest = art.manifest()
+            summary = manifest.get("summary", {})
+            extractor_info = manifest.get("extractor_info", extractor_info)
+        else:
+            features = None
+            if ext.get("used", True):
+                features, extractor_info = load_extractor(
+                    ctx, train, p.extractor_width, p.extractor_weights, int(ext.get("iterations", 0)), p.hider_seed
+                )
+            net, summary = train_hider(
+                train, groups, cfg, art.path, features=features, device=device, progress=ctx.progress, log=ctx.log
+            )
+            ctx.artifacts.finish(art, summary=summary, extractor_info=extractor_info)
+        facts = {
+            "hidden_source": groups.source,
+            "hidden_hash": groups.content_hash,
+            "hidden_facts": groups.facts,
+            "hider_artifact": art.key,
+            "hider_content_hash": art.content_hash,
+            "hider_path": str(art.path),
+            "hider_iterations": summary.get("iterations"),
+            "hider_rollbacks": summary.get("rollbacks"),
+            "hider_final_losses": summary.get("final_losses"),
+            "extractor": extractor_info,
+        }
+        return net, groups, facts
+
+    def hidden_index(self, train: ImageSet, per_class: int) -> torch.Tensor:
+        """Which member of its class's group each image hides: 0 (DH(C)) or rank mod M (DH(S))."""
+        idx = torch.zeros(len(train), dtype=torch.long)
+        if self.params.mode == "sample":
+            for c in range(train.num_classes):
+                members = torch.nonzero(train.labels == c).flatten()
+                idx[members] = torch.arange(len(members)) % per_class
+        return idx
+
+    @torch.no_grad()
+    def generate(self, net, train: ImageSet, hidden: torch.Tensor, hidden_idx: torch.Tensor, device, ctx: RunContext) -> torch.Tensor:
+        p = self.params
+        images = train.uint8()
+        out = torch.empty(images.shape, dtype=torch.float32)
+        bs = p.gen_batch_size
+        with ctx.progress.task(f"{self.name}: hiding", total=len(train)) as bar:
+            for i in range(0, len(train), bs):
+                x_c = images[i : i + bs].to(device).float().div_(255)
+                x_h = hidden[train.labels[i : i + bs], hidden_idx[i : i + bs]].to(device).float().div_(255)
+                container = net.hide(x_c, x_h)[0]
+                if p.restriction == "strict":
+                    container = x_c + (container - x_c).clamp(-p.eps, p.eps)
+                out[i : i + bs] = container.clamp(0, 1).cpu()
+                bar.advance(len(x_c))
+        return out
+
+    @torch.no_grad()
+    def reveal_check(self, net, train, hidden, hidden_idx, poisoned, device) -> dict[str, Any]:
+        """PSNR of the hidden image revealed from the first few unlearnable examples."""
+        from ueb_deephiding.metrics import psnr
+
+        n = min(self.params.reveal_check, len(train))
+        if n == 0:
+            return {}
+        sel = torch.linspace(0, len(train) - 1, n).long()
+        target = hidden[train.labels[sel], hidden_idx[sel]].float().div(255)
+        gen = torch.Generator().manual_seed(0)
+        _, revealed = net.reveal(poisoned[sel].to(device), generator=None if device.type != "cpu" else gen)
+        val = psnr(revealed.clamp(0, 1).cpu(), target)
+        return {"reveal_psnr_db": val if math.isfinite(val) else None}
