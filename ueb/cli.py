@@ -72,6 +72,10 @@ def run(
     device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = None,
     poison_fraction: Annotated[list[float], typer.Option("--poison-fraction", help="Poison only this fraction of the training set (repeatable: a matrix axis).")] = [],  # noqa: B006
     save_models: Annotated[str | None, typer.Option("--save-models", help="Keep trained victims: none | vanilla | all.")] = None,
+    executor: Annotated[str | None, typer.Option("--executor", help="local (default) | ray")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", help="Cells run in parallel (local process pool, or Ray tasks).")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (default: start a local Ray).")] = None,
+    gpus_per_cell: Annotated[float | None, typer.Option("--gpus-per-cell", help="Ray: GPU share per cell (e.g. 0.25: four cells per GPU).")] = None,
     metric: Annotated[str, typer.Option("--metric", help="Accuracy shown in the table: final | peak.")] = "final",
     no_clean: Annotated[bool, typer.Option("--no-clean", help="Skip the clean-training reference row.")] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failing cell.")] = False,
@@ -98,6 +102,10 @@ def run(
         "include_clean": False if no_clean else None,
         "poison_fractions": tuple(poison_fraction) or None,
         "save_models": save_models,
+        "executor": executor,
+        "workers": workers,
+        "ray_address": address,
+        "gpus_per_cell": gpus_per_cell,
     }
     config = build_config(file_values, flags)
     if param:

@@ -49,6 +49,12 @@ class RunConfig:
     # Fractions of the training set that are poisoned (paper Tables V, VI, G), a matrix axis;
     # the rest stays clean. The poisoned subset is fixed by the seed.
     poison_fractions: tuple[float, ...] = (1.0,)
+    # Execution only (not part of a result's identity): where cells run.
+    executor: Literal["local", "ray"] = "local"
+    workers: int = 1
+    ray_address: str | None = None
+    cpus_per_cell: float = 1.0
+    gpus_per_cell: float = 0.0
 
 
 def load_matrix_file(path: str | Path) -> dict[str, Any]:
@@ -125,6 +131,8 @@ def resolve(config: RunConfig, registry: Registry) -> ResolvedRun:
         victims=tuple(registry.select("victim", config.victims or profile.victims)),
         seeds=tuple(config.seeds or profile.seeds),
     )
+    if config.workers < 1:
+        raise ConfigError(f"--workers is {config.workers}", "use 1 or more")
     bad = [f for f in config.poison_fractions if not 0.0 < f <= 1.0]
     if bad:
         raise ConfigError(f"poison fraction {bad[0]} is outside (0, 1]", "use e.g. 0.2 for 20%")

@@ -1,11 +1,15 @@
-"""The matrix runner: dataset x poisoner x countermeasure x victim x seed, resumable.
+"""The matrix runner: dataset x poisoner x seed x fraction x countermeasure x victim, resumable.
 
-Order is stable: datasets, then poisoners (clean first), seeds, countermeasures, victims, each
-in the order the configuration lists them. A poison is computed once per
-(poisoner@version, params, dataset, seed), checked, cached on disk and shared by every
-countermeasure and victim. Each cell's record is written the moment it ends; a failing cell
-is recorded with its error and the matrix goes on (unless fail_fast). Re-running the same
-configuration skips every finished cell.
+Order is stable: datasets, then poisoners (clean first), seeds, poison fractions,
+countermeasures, victims, each in the order the configuration lists them. A poison is computed
+once per (poisoner@version, params, dataset, seed), checked, cached on disk and shared by every
+countermeasure and victim. Each cell's record is written the moment it ends, by this process
+alone (workers return records, they never write the store); a failing cell is recorded with
+its error and the matrix goes on (unless fail_fast). Re-running the same configuration skips
+every finished cell.
+
+Cells run in this process (`executor="local"`, `workers=1`), in a process pool (`workers>1`)
+or as Ray tasks (`executor="ray"`); see ueb/executors.py.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from ueb.integrity import check_poison
 from ueb.interfaces import Countermeasure, Poisoner, RunContext, Splits, Victim
 from ueb.params import as_dict, params_hash
 from ueb.poison_cache import PoisonCache, poison_key
-from ueb.progress import Progress
+from ueb.progress import Progress, silent
 from ueb.registry import Registry
 from ueb.store import CellRecord, Store
 from ueb.training import Trainer, resolve_device
@@ -45,6 +49,11 @@ class Cell:
     countermeasure: str
     victim: str
     fraction: float = 1.0
+
+    @property
+    def group(self) -> tuple[str, str, int]:
+        """Cells of one group share one poison."""
+        return (self.dataset, self.poisoner, self.seed)
 
 
 def plan(run: ResolvedRun) -> list[Cell]:
@@ -63,6 +72,210 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def cell_identity(run: ResolvedRun, registry: Registry, cell: Cell) -> str:
+    """Hash of everything that determines a cell's numbers (plugin versions included)."""
+    versions = {
+        kind: registry.get(kind, name).load_class().version
+        for kind, name in (("poisoner", cell.poisoner), ("countermeasure", cell.countermeasure), ("victim", cell.victim))
+    }
+    return params_hash(
+        cell.dataset,
+        cell.poisoner,
+        run.plugin_params(cell.poisoner),
+        cell.countermeasure,
+        run.plugin_params(cell.countermeasure),
+        cell.victim,
+        run.plugin_params(cell.victim),
+        cell.seed,
+        cell.fraction,
+        as_dict(run.profile.training),
+        as_dict(run.profile.data),
+        run.plugin_params(cell.dataset),
+        versions,
+    )
+
+
+def mix_poison(clean: ImageSet, poisoned: ImageSet, fraction: float, seed: int) -> ImageSet:
+    """Poison a seeded, fixed subset of `fraction` of the images; keep the rest clean."""
+    if fraction >= 1.0:
+        return poisoned
+    n = len(clean)
+    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(10_007 + seed))[: round(fraction * n)]
+    images = clean.uint8().clone()
+    images[chosen] = poisoned.uint8()[chosen]
+    return poisoned.with_images(images, poison_fraction=fraction)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs to compute poisons and cells (picklable, sent to every worker)."""
+
+    run: ResolvedRun
+    run_dir: str
+    cache_root: str
+    device: str
+
+
+class PoisonerFailure(UebError):
+    """A poisoner raised while generating its poison."""
+
+
+class CellWorker:
+    """Computes poisons and cells. One lives in the main process or in each worker process."""
+
+    def __init__(
+        self, job: Job, registry: Registry, progress: Progress | None = None, log: Callable[[str], None] = print
+    ) -> None:
+        self.job = job
+        self.run = job.run
+        self.registry = registry
+        self.device = job.device
+        self.progress = progress or silent()
+        self.log = log
+        self.artifacts = ArtifactStore(Path(job.cache_root))
+        self.poisons = PoisonCache(self.artifacts.root / "poisons")
+        self._datasets: dict[str, Splits] = {}
+        self._poison_memo: tuple[tuple[str, str, int], Any] | None = None
+        self._data_stage_memo: tuple[tuple[Any, ...], tuple[ImageSet, ImageSet]] | None = None
+
+    def create(self, kind: str, name: str) -> Any:
+        return self.registry.create(kind, name, self.run.plugin_params(name))
+
+    def context(self, seed: int) -> RunContext:
+        root = self.run.config.data_root
+        return RunContext(
+            seed=seed,
+            device=self.device,
+            profile=self.run.profile,
+            artifacts=self.artifacts,
+            progress=self.progress,
+            registry=self.registry,
+            data_root=Path(root) if root else None,
+            log=self.log,
+        )
+
+    def dataset(self, name: str) -> Splits:
+        if name not in self._datasets:
+            root = self.run.config.data_root
+            splits = self.create("dataset", name).load(Path(root) if root else None)
+            data = self.run.profile.data
+            self._datasets[name] = Splits(
+                splits.train.first_per_class(data.train_per_class), splits.test.first_per_class(data.test_per_class), splits.source
+            )
+        return self._datasets[name]
+
+    def poisoned(self, dataset: str, poisoner_name: str, seed: int) -> tuple[Poisoner, ImageSet, dict[str, Any], float]:
+        """The checked, cached poison of one group (kept in memory for the group's cells)."""
+        group = (dataset, poisoner_name, seed)
+        if self._poison_memo is not None and self._poison_memo[0] == group:
+            return self._poison_memo[1]  # type: ignore[no-any-return]
+        self._poison_memo = self._data_stage_memo = None
+        train = self.dataset(dataset).train
+        poisoner: Poisoner = self.create("poisoner", poisoner_name)
+        key = poison_key(poisoner, train.fingerprint(), seed)
+        cached = self.poisons.load(key)
+        if cached is not None:
+            images, facts = cached
+            result = (poisoner, train.with_images(images, poison=poisoner.name), facts, float(facts.get("seconds", 0.0)))
+        else:
+            start = time.perf_counter()
+            seed_everything(seed)
+            try:
+                output = poisoner.poison(train, self.context(seed))
+            except UebError:
+                raise
+            except Exception as exc:
+                raise PoisonerFailure(f"poisoner '{poisoner.name}' raised {type(exc).__name__}: {exc}") from exc
+            images, stats = check_poison(train, output, poisoner.budget(), poisoner.sample_wise, f"poisoner '{poisoner.name}'")
+            seconds = time.perf_counter() - start
+            facts = {**stats, **poisoner.report(), "seconds": seconds, "key": key, "sample_wise": poisoner.sample_wise}
+            self.poisons.save(key, images, facts)
+            result = (poisoner, train.with_images(images, poison=poisoner.name), facts, seconds)
+        self._poison_memo = (group, result)
+        return result
+
+    def run_cell(self, cell: Cell, cell_id: str) -> CellRecord:
+        poisoner, poisoned, facts, poison_seconds = self.poisoned(cell.dataset, cell.poisoner, cell.seed)
+        splits = self.dataset(cell.dataset)
+        cm: Countermeasure = self.create("countermeasure", cell.countermeasure)
+        victim: Victim = self.create("victim", cell.victim)
+        ctx = self.context(cell.seed)
+        memo_key = (cell.group, cell.fraction, cell.countermeasure)
+        if self._data_stage_memo is None or self._data_stage_memo[0] != memo_key:  # shared by all victims
+            seed_everything(cell.seed)
+            mixed = mix_poison(splits.train, poisoned, cell.fraction, cell.seed)
+            self._data_stage_memo = (memo_key, (cm.transform_train_set(mixed, ctx), cm.transform_test_set(splits.test, ctx)))
+        train, test = self._data_stage_memo[1]
+        seed_everything(cell.seed)
+        model = victim.build(splits.train.num_classes, splits.train.image_size, splits.train.channels)
+        trainer = Trainer(self.run.profile.training, self.device, cell.seed, self.progress)
+        result = cm.fit(model, train, test, trainer, ctx)
+        self.save_model(cell, cell_id, model)
+        return CellRecord(
+            cell_id=cell_id,
+            ordinal=cell.ordinal,
+            dataset=cell.dataset,
+            poisoner=cell.poisoner,
+            countermeasure=cell.countermeasure,
+            victim=cell.victim,
+            seed=cell.seed,
+            poison_fraction=cell.fraction,
+            profile=self.run.profile.name,
+            poisoner_version=type(poisoner).version,
+            countermeasure_version=type(cm).version,
+            victim_version=type(victim).version,
+            poisoner_params=as_dict(poisoner.params),
+            countermeasure_params=as_dict(cm.params),
+            victim_params=as_dict(victim.params),
+            params_hash=cell_id,
+            status="ok",
+            final_acc=result.final_acc,
+            peak_acc=result.peak_acc,
+            peak_step=result.peak_step,
+            iterations=result.iterations,
+            poison_seconds=poison_seconds,
+            train_seconds=result.seconds,
+            poison_facts=facts,
+            history=result.history,
+            extra=result.extra,
+        )
+
+    def run_cell_safe(self, cell: Cell, cell_id: str) -> CellRecord:
+        """run_cell, with a recoverable failure turned into an error record."""
+        try:
+            return self.run_cell(cell, cell_id)
+        except Exception as exc:
+            if not recoverable(exc):
+                raise
+            return error_record(self.run, cell, cell_id, one_line(exc))
+
+    def save_model(self, cell: Cell, cell_id: str, model: torch.nn.Module) -> None:
+        mode = self.run.config.save_models
+        if mode == "none" or (mode == "vanilla" and cell.countermeasure != "vanilla"):
+            return
+        folder = Path(self.job.run_dir) / "models"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{cell_id}.pt.tmp"
+        torch.save({"state_dict": model.state_dict(), "victim": cell.victim, "params": self.run.plugin_params(cell.victim)}, tmp)
+        tmp.replace(folder / f"{cell_id}.pt")
+
+
+def error_record(run: ResolvedRun, cell: Cell, cell_id: str, message: str) -> CellRecord:
+    return CellRecord(
+        cell_id=cell_id,
+        ordinal=cell.ordinal,
+        dataset=cell.dataset,
+        poisoner=cell.poisoner,
+        countermeasure=cell.countermeasure,
+        victim=cell.victim,
+        seed=cell.seed,
+        poison_fraction=cell.fraction,
+        profile=run.profile.name,
+        status="error",
+        error=message,
+    )
 
 
 @dataclass
@@ -90,266 +303,124 @@ class MatrixRunner:
         self.progress = progress
         self.log = log
         self.device = str(resolve_device(run.config.device))
-        cache_root = Path(run.config.cache_dir) if run.config.cache_dir else None
-        self.artifacts = ArtifactStore(cache_root)
-        self.poisons = PoisonCache(self.artifacts.root / "poisons")
+        cache_root = Path(run.config.cache_dir) if run.config.cache_dir else ArtifactStore().root
+        self.job = Job(run, str(self.run_dir), str(cache_root.resolve()), self.device)
         self.store = Store(self.run_dir)
 
-    # -- plugin instances -------------------------------------------------------------------
-
-    def _create(self, kind: str, name: str) -> Any:
-        return self.registry.create(kind, name, self.run.plugin_params(name))
-
-    def context(self, seed: int) -> RunContext:
-        root = self.run.config.data_root
-        return RunContext(
-            seed=seed,
-            device=self.device,
-            profile=self.run.profile,
-            artifacts=self.artifacts,
-            progress=self.progress,
-            registry=self.registry,
-            data_root=Path(root) if root else None,
-            log=self.log,
-        )
-
-    # -- main loop --------------------------------------------------------------------------
-
     def execute(self) -> RunSummary:
+        from ueb.executors import make_executor
+
         start = time.perf_counter()
         cells = plan(self.run)
-        done = self.store.done_ids()
-        ids = {cell: self.cell_id(cell) for cell in cells}
+        ids = {cell: cell_identity(self.run, self.registry, cell) for cell in cells}
         self.store.set_manifest(
             config=self.run.describe(),
+            execution={"executor": self.run.config.executor, "workers": self.run.config.workers},
             environment=environment_manifest(self.registry, self.device),
             run_id=self.run.run_id(),
-            cache_root=str(self.artifacts.root.resolve()),
+            cache_root=self.job.cache_root,
         )
+        done = self.store.done_ids()
         todo = [c for c in cells if ids[c] not in done]
-        ok = failed = 0
         if len(todo) < len(cells):
             self.log(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already done")
+        self.counts = {"ok": 0, "failed": 0}
         with self.progress.task("matrix", total=len(cells)) as bar:
             bar.advance(len(cells) - len(todo))
-            for dataset in self.run.datasets:
-                dataset_cells = [c for c in todo if c.dataset == dataset]
-                if not dataset_cells:
-                    continue
-                splits = self.load_dataset(dataset)
-                for poisoner_name in self.run.poisoners:
-                    for seed in self.run.seeds:
-                        group = [c for c in dataset_cells if c.poisoner == poisoner_name and c.seed == seed]
-                        if not group:
-                            continue
-                        bar.update(description=f"{dataset} / {poisoner_name} / seed {seed}")
-                        n_ok, n_failed = self.run_group(group, splits, ids, bar)
-                        ok += n_ok
-                        failed += n_failed
+            executor = make_executor(self.run.config)
+            if executor is None:
+                self._sequential(todo, ids, bar)
+            else:
+                with executor:
+                    self._parallel(executor, todo, ids, bar)
+        self.backfill_clean_references()
         self.store.set_manifest(last_finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        return RunSummary(self.run_dir, len(cells), len(cells) - len(todo), ok, failed, time.perf_counter() - start)
+        return RunSummary(self.run_dir, len(cells), len(cells) - len(todo), self.counts["ok"], self.counts["failed"], time.perf_counter() - start)
 
-    def cell_id(self, cell: Cell) -> str:
-        versions = {
-            kind: self.registry.get(kind, name).load_class().version
-            for kind, name in (("poisoner", cell.poisoner), ("countermeasure", cell.countermeasure), ("victim", cell.victim))
-        }
-        return params_hash(
-            cell.dataset,
-            cell.poisoner,
-            self.run.plugin_params(cell.poisoner),
-            cell.countermeasure,
-            self.run.plugin_params(cell.countermeasure),
-            cell.victim,
-            self.run.plugin_params(cell.victim),
-            cell.seed,
-            cell.fraction,
-            as_dict(self.run.profile.training),
-            as_dict(self.run.profile.data),
-            self.run.plugin_params(cell.dataset),
-            versions,
-        )
-
-    def load_dataset(self, name: str) -> Splits:
-        dataset = self._create("dataset", name)
-        root = self.run.config.data_root
-        splits = dataset.load(Path(root) if root else None)
-        data = self.run.profile.data
-        return Splits(
-            splits.train.first_per_class(data.train_per_class),
-            splits.test.first_per_class(data.test_per_class),
-            splits.source,
-        )
-
-    def run_group(self, group: list[Cell], splits: Splits, ids: dict[Cell, str], bar: Any) -> tuple[int, int]:
-        """All cells of one (dataset, poisoner, seed): poison once, then every cm x victim."""
-        first = group[0]
-        ok = failed = 0
-        try:
-            poisoner: Poisoner = self._create("poisoner", first.poisoner)
-            poisoned, facts, poison_seconds = self.poison(poisoner, splits.train, first.seed)
-        except Exception as exc:
-            if self.run.config.fail_fast or not _recoverable(exc):
-                raise
-            message = _one_line(exc)
-            self.log(f"[red]poisoner {first.poisoner} failed:[/red] {message}")
-            for cell in group:
-                self.record_error(cell, ids[cell], message)
-                bar.advance()
-            return 0, len(group)
-        for fraction, cm_name in dict.fromkeys((c.fraction, c.countermeasure) for c in group):
-            transformed: dict[str, tuple[ImageSet, ImageSet]] = {}
-            mixed = mix_poison(splits.train, poisoned, fraction, first.seed)
-            for cell in (c for c in group if c.countermeasure == cm_name and c.fraction == fraction):
+    def _sequential(self, todo: list[Cell], ids: dict[Cell, str], bar: Any) -> None:
+        worker = CellWorker(self.job, self.registry, self.progress, self.log)
+        failed_groups: dict[tuple[str, str, int], str] = {}
+        for cell in todo:
+            bar.update(description=f"{cell.dataset} / {cell.poisoner} / {cell.countermeasure}")
+            if cell.group in failed_groups:
+                record = error_record(self.run, cell, ids[cell], failed_groups[cell.group])
+            else:
                 try:
-                    record = self.run_cell(cell, ids[cell], poisoner, mixed, facts, poison_seconds, splits, transformed)
-                    self.store.put(record)
-                    ok += 1
-                    self.log(
-                        f"{cell.dataset} | {cell.poisoner} | {cell.countermeasure} | {cell.victim} | seed {cell.seed}: "
-                        f"final {record.final_acc:.2f}%  peak {record.peak_acc:.2f}%  ({record.train_seconds:.1f}s)"
-                    )
+                    worker.poisoned(*cell.group)
                 except Exception as exc:
-                    if self.run.config.fail_fast or not _recoverable(exc):
+                    if self.run.config.fail_fast or not recoverable(exc):
                         raise
-                    failed += 1
-                    message = _one_line(exc)
-                    self.record_error(cell, ids[cell], message)
-                    self.log(f"[red]cell failed[/red] {cell.poisoner} x {cell.countermeasure} x {cell.victim}: {message}")
+                    failed_groups[cell.group] = one_line(exc)
+                    self.log(f"[red]poisoner {cell.poisoner} failed:[/red] {failed_groups[cell.group]}")
+                    record = error_record(self.run, cell, ids[cell], failed_groups[cell.group])
+                else:
+                    record = worker.run_cell(cell, ids[cell]) if self.run.config.fail_fast else worker.run_cell_safe(cell, ids[cell])
+            self.write(record)
+            bar.advance()
+
+    def _parallel(self, executor: Any, todo: list[Cell], ids: dict[Cell, str], bar: Any) -> None:
+        from ueb.executors import cell_task, poison_task
+
+        groups = list(dict.fromkeys(c.group for c in todo))
+        failed_groups: dict[tuple[str, str, int], str] = {}
+        bar.update(description=f"poisons ({len(groups)})")
+        for group, error in executor.map_unordered(poison_task, [(self.job, g) for g in groups]):
+            if error:
+                if self.run.config.fail_fast:
+                    raise UebError(error)
+                failed_groups[tuple(group)] = error  # type: ignore[index]
+                self.log(f"[red]poisoner {group[1]} failed:[/red] {error}")
+        runnable = []
+        for cell in todo:
+            if cell.group in failed_groups:
+                self.write(error_record(self.run, cell, ids[cell], failed_groups[cell.group]))
                 bar.advance()
-        return ok, failed
+            else:
+                runnable.append(cell)
+        bar.update(description="cells")
+        for record, fatal in executor.map_unordered(cell_task, [(self.job, c, ids[c]) for c in runnable]):
+            self.write(record)
+            bar.advance()
+            if fatal or (record.status == "error" and self.run.config.fail_fast):
+                raise UebError(record.error or "a cell failed")
 
-    def poison(self, poisoner: Poisoner, train: ImageSet, seed: int) -> tuple[ImageSet, dict[str, Any], float]:
-        key = poison_key(poisoner, train.fingerprint(), seed)
-        cached = self.poisons.load(key)
-        if cached is not None:
-            images, facts = cached
-            return train.with_images(images, poison=poisoner.name), facts, float(facts.get("seconds", 0.0))
-        start = time.perf_counter()
-        seed_everything(seed)
-        ctx = self.context(seed)
-        try:
-            output = poisoner.poison(train, ctx)
-        except UebError:
-            raise
-        except Exception as exc:
-            raise PoisonerFailure(f"poisoner '{poisoner.name}' raised {type(exc).__name__}: {exc}") from exc
-        images, stats = check_poison(train, output, poisoner.budget(), poisoner.sample_wise, f"poisoner '{poisoner.name}'")
-        seconds = time.perf_counter() - start
-        facts = {**stats, **poisoner.report(), "seconds": seconds, "key": key, "sample_wise": poisoner.sample_wise}
-        self.poisons.save(key, images, facts)
-        return train.with_images(images, poison=poisoner.name), facts, seconds
+    def write(self, record: CellRecord) -> None:
+        if record.status == "ok":
+            clean = self.clean_reference(record)
+            if clean:
+                record.clean_final_acc, record.clean_peak_acc = clean
+            self.counts["ok"] += 1
+            self.log(
+                f"{record.dataset} | {record.poisoner} | {record.countermeasure} | {record.victim} | seed {record.seed}"
+                f"{'' if record.poison_fraction >= 1 else f' | {record.poison_fraction:.0%}'}: "
+                f"final {record.final_acc:.2f}%  peak {record.peak_acc:.2f}%  ({record.train_seconds:.1f}s)"
+            )
+        else:
+            self.counts["failed"] += 1
+            self.log(f"[red]cell failed[/red] {record.poisoner} x {record.countermeasure} x {record.victim}: {record.error}")
+        self.store.put(record)
 
-    def run_cell(
-        self,
-        cell: Cell,
-        cell_id: str,
-        poisoner: Poisoner,
-        poisoned: ImageSet,
-        facts: dict[str, Any],
-        poison_seconds: float,
-        splits: Splits,
-        transformed: dict[str, tuple[ImageSet, ImageSet]],
-    ) -> CellRecord:
-        cm: Countermeasure = self._create("countermeasure", cell.countermeasure)
-        victim: Victim = self._create("victim", cell.victim)
-        ctx = self.context(cell.seed)
-        seed_everything(cell.seed)
-        if cell.countermeasure not in transformed:  # data-stage work is shared by all victims
-            train = cm.transform_train_set(poisoned, ctx)
-            test = cm.transform_test_set(splits.test, ctx)
-            transformed[cell.countermeasure] = (train, test)
-        train, test = transformed[cell.countermeasure]
-        seed_everything(cell.seed)
-        model = victim.build(splits.train.num_classes, splits.train.image_size, splits.train.channels)
-        trainer = Trainer(self.run.profile.training, self.device, cell.seed, self.progress)
-        result = cm.fit(model, train, test, trainer, ctx)
-        self.save_model(cell, cell_id, model)
-        clean = self.clean_reference(cell)
-        return CellRecord(
-            cell_id=cell_id,
-            ordinal=cell.ordinal,
-            dataset=cell.dataset,
-            poisoner=cell.poisoner,
-            countermeasure=cell.countermeasure,
-            victim=cell.victim,
-            seed=cell.seed,
-            poison_fraction=cell.fraction,
-            profile=self.run.profile.name,
-            poisoner_version=type(poisoner).version,
-            countermeasure_version=type(cm).version,
-            victim_version=type(victim).version,
-            poisoner_params=as_dict(poisoner.params),
-            countermeasure_params=as_dict(cm.params),
-            victim_params=as_dict(victim.params),
-            params_hash=cell_id,
-            status="ok",
-            final_acc=result.final_acc,
-            peak_acc=result.peak_acc,
-            peak_step=result.peak_step,
-            clean_final_acc=clean[0] if clean else None,
-            clean_peak_acc=clean[1] if clean else None,
-            iterations=result.iterations,
-            poison_seconds=poison_seconds,
-            train_seconds=result.seconds,
-            poison_facts=facts,
-            history=result.history,
-            extra=result.extra,
-        )
-
-    def save_model(self, cell: Cell, cell_id: str, model: torch.nn.Module) -> None:
-        mode = self.run.config.save_models
-        if mode == "none" or (mode == "vanilla" and cell.countermeasure != "vanilla"):
-            return
-        folder = self.run_dir / "models"
-        folder.mkdir(exist_ok=True)
-        tmp = folder / f"{cell_id}.pt.tmp"
-        torch.save({"state_dict": model.state_dict(), "victim": cell.victim, "params": self.run.plugin_params(cell.victim)}, tmp)
-        tmp.replace(folder / f"{cell_id}.pt")
-
-    def clean_reference(self, cell: Cell) -> tuple[float, float] | None:
-        if cell.poisoner == "clean" or "clean" not in self.run.poisoners:
+    def clean_reference(self, record: CellRecord) -> tuple[float, float] | None:
+        if record.poisoner == "clean" or "clean" not in self.run.poisoners:
             return None
-        ref = self.store.get(self.cell_id(Cell(0, cell.dataset, "clean", cell.seed, cell.countermeasure, cell.victim)))
+        ref_cell = Cell(0, record.dataset, "clean", record.seed, record.countermeasure, record.victim)
+        ref = self.store.get(cell_identity(self.run, self.registry, ref_cell))
         if ref is None or ref.status != "ok" or ref.final_acc is None or ref.peak_acc is None:
             return None
         return ref.final_acc, ref.peak_acc
 
-    def record_error(self, cell: Cell, cell_id: str, message: str) -> None:
-        self.store.put(
-            CellRecord(
-                cell_id=cell_id,
-                ordinal=cell.ordinal,
-                dataset=cell.dataset,
-                poisoner=cell.poisoner,
-                countermeasure=cell.countermeasure,
-                victim=cell.victim,
-                seed=cell.seed,
-                poison_fraction=cell.fraction,
-                profile=self.run.profile.name,
-                status="error",
-                error=message,
-            )
-        )
+    def backfill_clean_references(self) -> None:
+        """Cells that finished before their clean reference (parallel runs) get it now."""
+        for record in self.store.records():
+            if record.status == "ok" and record.clean_final_acc is None and record.poisoner != "clean":
+                clean = self.clean_reference(record)
+                if clean:
+                    record.clean_final_acc, record.clean_peak_acc = clean
+                    self.store.put(record)
 
 
-def mix_poison(clean: ImageSet, poisoned: ImageSet, fraction: float, seed: int) -> ImageSet:
-    """Poison a seeded, fixed subset of `fraction` of the images; keep the rest clean."""
-    if fraction >= 1.0:
-        return poisoned
-    n = len(clean)
-    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(10_007 + seed))[: round(fraction * n)]
-    images = clean.uint8().clone()
-    images[chosen] = poisoned.uint8()[chosen]
-    return poisoned.with_images(images, poison_fraction=fraction)
-
-
-class PoisonerFailure(UebError):
-    """A poisoner raised while generating its poison."""
-
-
-def _recoverable(exc: BaseException) -> bool:
-    """Errors that fail one cell; anything like a full disk or Ctrl-C stops the run."""
+def recoverable(exc: BaseException) -> bool:
+    """Errors that fail one cell; a full disk, Ctrl-C or exhausted memory stop the run."""
     if isinstance(exc, KeyboardInterrupt | MemoryError):
         return False
     if isinstance(exc, UebError) and "disk full" in exc.problem:
@@ -357,7 +428,7 @@ def _recoverable(exc: BaseException) -> bool:
     return isinstance(exc, Exception)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     if isinstance(exc, UebError):
         return exc.line()
     tb = traceback.extract_tb(exc.__traceback__)
