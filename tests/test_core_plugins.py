@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from core_helpers import FIXTURES, REPO, isolated_registry, minimal_plugins, run_cli
