@@ -60,6 +60,19 @@ def test_mean_and_max_are_over_countermeasures_per_seed():
     assert [r.poisoner for r in table.rows] == ["clean", "deephiding", "em"]
 
 
+def test_pivot_by_victim_gives_one_column_per_architecture():
+    from dataclasses import replace
+
+    from ueb.report import pivot_by_victim
+
+    recs = fixed_records() + [replace(r, cell_id=r.cell_id + "v", victim="vgg19", final_acc=(r.final_acc or 0) + 1) for r in fixed_records()]
+    table = pivot_by_victim(recs, "vanilla", "final", {"victims": ["resnet18", "vgg19"]})
+    assert table.columns == ["resnet18", "vgg19"]
+    dh = next(r for r in table.rows if r.poisoner == "deephiding")
+    assert dh.cells["vgg19"].mean == pytest.approx(dh.cells["resnet18"].mean + 1)
+    assert "Countermeasure" in to_markdown(table)
+
+
 def test_other_formats_render_every_row():
     table = build_table(fixed_records(), "peak", CONFIG)
     assert to_csv(table).count("\n") == 4

@@ -132,6 +132,16 @@ def test_partial_poisoning_is_a_matrix_axis_with_a_fixed_subset(registry, tmp_pa
     assert torch.equal(mix_poison(clean, poisoned, 0.3, seed=0).images, mixed.images)
 
 
+def test_parameter_grid_becomes_variants_in_the_matrix(registry, tmp_path):
+    runner = _run(registry, tmp_path, countermeasures=("identity",), grid={"counting": {"level": [1, 3]}})
+    summary = runner.execute()
+    assert summary.ok == 3
+    names = sorted(r.poisoner for r in runner.store.records())
+    assert names == ["clean", "counting[level=1]", "counting[level=3]"]
+    facts = {r.poisoner: r.poison_facts["linf_max"] for r in runner.store.records()}
+    assert facts["counting[level=3]"] == pytest.approx(3 / 255, abs=1e-6)
+
+
 def test_fail_fast_stops_at_the_first_failure(registry, tmp_path):
     with pytest.raises(UebError, match="generator exploded"):
         _run(registry, tmp_path, poisoners=("raising",), fail_fast=True, include_clean=False).execute()

@@ -66,6 +66,7 @@ def run(
     profile: Annotated[str | None, typer.Option("--profile", help="smoke | quick | paper, or a profile .toml.")] = None,
     matrix: Annotated[Path | None, typer.Option("--matrix", help="A TOML matrix file; flags override it.")] = None,
     param: Annotated[list[str], typer.Option("--param", help="PLUGIN.KEY=VALUE (or KEY=VALUE for the selected poisoners).")] = [],  # noqa: B006
+    grid: Annotated[list[str], typer.Option("--grid", help="PLUGIN.KEY=V1,V2,...: one variant of the plugin per value (e.g. iss-jpeg.quality=2,4,10).")] = [],  # noqa: B006
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Folder with dataset files (CIFAR archives, ImageNet folders).")] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Where results go (default: runs/<profile>-<config hash>).")] = None,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Cache for poisons and trained models (default: $UEB_CACHE or ~/.cache/ueb).")] = None,
@@ -82,7 +83,14 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Run the poisoner x countermeasure x victim matrix and print the Table I layout."""
-    from ueb.config import build_config, load_matrix_file, parse_param_flags, resolve, with_run_dir
+    from ueb.config import (
+        build_config,
+        load_matrix_file,
+        parse_grid_flags,
+        parse_param_flags,
+        resolve,
+        with_run_dir,
+    )
 
     out = Output()
     registry = _registry()
@@ -106,6 +114,7 @@ def run(
         "workers": workers,
         "ray_address": address,
         "gpus_per_cell": gpus_per_cell,
+        "grid": parse_grid_flags(grid) or None,
     }
     config = build_config(file_values, flags)
     if param:
@@ -158,17 +167,24 @@ def report(
     format: Annotated[str, typer.Option("--format", "-f", help="rich | markdown | csv | latex | json")] = "rich",
     metric: Annotated[str, typer.Option("--metric", help="final | peak")] = "final",
     out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file instead of the terminal.")] = None,
+    pivot: Annotated[str | None, typer.Option("--pivot", help="'victim': one column per architecture (Table III layout).")] = None,
+    countermeasure: Annotated[str, typer.Option("--countermeasure", help="With --pivot victim: which countermeasure's numbers.")] = "vanilla",
 ) -> None:
-    """Render a run's results in the paper's Table I layout."""
+    """Render a run's results in the paper's Table I layout (or pivoted by victim)."""
     from ueb.errors import ConfigError
-    from ueb.report import RENDERERS, build_table, to_rich
+    from ueb.report import RENDERERS, build_table, pivot_by_victim, to_rich
     from ueb.store import Store
 
     out = Output()
     store = Store.open_existing(_run_path(run))
     if metric not in ("final", "peak"):
         raise ConfigError(f"unknown metric '{metric}'", "use final or peak")
-    table = build_table(store.records(), metric, store.manifest().get("config"))  # type: ignore[arg-type]
+    if pivot not in (None, "victim"):
+        raise ConfigError(f"unknown pivot '{pivot}'", "use --pivot victim")
+    if pivot == "victim":
+        table = pivot_by_victim(store.records(), countermeasure, metric, store.manifest().get("config"))  # type: ignore[arg-type]
+    else:
+        table = build_table(store.records(), metric, store.manifest().get("config"))  # type: ignore[arg-type]
     if format == "rich":
         out.table(to_rich(table))
         return

@@ -18,6 +18,7 @@ default run directory (so re-running the same command resumes the same run).
 
 from __future__ import annotations
 
+import itertools
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +39,9 @@ class RunConfig:
     seeds: tuple[int, ...] = ()
     profile: str = "quick"
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Parameter grids: {plugin: {param: [values]}}; each value becomes a variant of the plugin
+    # (e.g. iss-jpeg[quality=2]) that replaces it in the matrix.
+    grid: dict[str, dict[str, Any]] = field(default_factory=dict)
     include_clean: bool = True
     data_root: str | None = None
     run_dir: str | None = None
@@ -91,6 +95,12 @@ class ResolvedRun:
     countermeasures: tuple[str, ...]
     victims: tuple[str, ...]
     seeds: tuple[int, ...]
+    variants: tuple[tuple[str, str, tuple[tuple[str, Any], ...]], ...] = ()
+
+    def register_variants(self, registry: Registry) -> None:
+        """Make this run's grid variants known to `registry` (workers call this too)."""
+        for kind, base, values in self.variants:
+            registry.derive(kind, base, dict(values))
 
     def plugin_params(self, name: str) -> dict[str, Any]:
         """Profile scale settings < the user's parameters, for plugin `name`."""
@@ -105,6 +115,7 @@ class ResolvedRun:
             "victims": list(self.victims),
             "seeds": list(self.seeds),
             "params": self.config.params,
+            "grid": self.config.grid,
             "training": as_dict(self.profile.training),
             "data": as_dict(self.profile.data),
             "profile_plugins": self.profile.plugins,
@@ -119,17 +130,37 @@ class ResolvedRun:
 
 def resolve(config: RunConfig, registry: Registry) -> ResolvedRun:
     profile = load_profile(config.profile)
-    poisoners = registry.select("poisoner", config.poisoners)
+    selected = {
+        "dataset": registry.select("dataset", config.datasets or profile.datasets),
+        "poisoner": registry.select("poisoner", config.poisoners),
+        "countermeasure": registry.select("countermeasure", config.countermeasures),
+        "victim": registry.select("victim", config.victims or profile.victims),
+    }
+    variants = []
+    for plugin, grid in config.grid.items():
+        kind = next((k for k, names in selected.items() if plugin in names), None)
+        if kind is None:
+            raise ConfigError(f"--grid names '{plugin}', which this run does not select", "select it with -p/-c/-v/-d too")
+        keys = list(grid)
+        names = []
+        for combo in itertools.product(*(_as_list(grid[k]) for k in keys)):
+            values = tuple(zip(keys, combo, strict=True))
+            variants.append((kind, plugin, values))
+            names.append(registry.derive(kind, plugin, dict(values)))
+        i = selected[kind].index(plugin)
+        selected[kind][i : i + 1] = names
+    poisoners = selected["poisoner"]
     if config.include_clean and "clean" in registry.entries["poisoner"] and "clean" not in poisoners:
         poisoners = ["clean", *poisoners]
     resolved = ResolvedRun(
         config=config,
         profile=profile,
-        datasets=tuple(registry.select("dataset", config.datasets or profile.datasets)),
+        datasets=tuple(selected["dataset"]),
         poisoners=tuple(poisoners),
-        countermeasures=tuple(registry.select("countermeasure", config.countermeasures)),
-        victims=tuple(registry.select("victim", config.victims or profile.victims)),
+        countermeasures=tuple(selected["countermeasure"]),
+        victims=tuple(selected["victim"]),
         seeds=tuple(config.seeds or profile.seeds),
+        variants=tuple(variants),
     )
     if config.workers < 1:
         raise ConfigError(f"--workers is {config.workers}", "use 1 or more")
@@ -139,7 +170,8 @@ def resolve(config: RunConfig, registry: Registry) -> ResolvedRun:
     for kind, names in (("poisoner", resolved.poisoners), ("countermeasure", resolved.countermeasures), ("victim", resolved.victims), ("dataset", resolved.datasets)):
         if not names:
             raise ConfigError(f"the run selects no {kind}", f"name at least one {kind}")
-    unknown = set(config.params) - set(resolved.poisoners + resolved.countermeasures + resolved.victims + resolved.datasets)
+    used = set(resolved.poisoners + resolved.countermeasures + resolved.victims + resolved.datasets) | set(config.grid)
+    unknown = set(config.params) - used
     if unknown:
         name = sorted(unknown)[0]
         raise ConfigError(f"parameters given for '{name}', which this run does not use", "check the plugin name in --param/[params]")
@@ -148,6 +180,22 @@ def resolve(config: RunConfig, registry: Registry) -> ResolvedRun:
 
 def with_run_dir(resolved: ResolvedRun, root: Path = Path("runs")) -> Path:
     return Path(resolved.config.run_dir) if resolved.config.run_dir else root / resolved.run_id()
+
+
+def _as_list(values: Any) -> list[Any]:
+    return list(values) if isinstance(values, list | tuple) else [v for v in str(values).split(",") if v]
+
+
+def parse_grid_flags(items: list[str]) -> dict[str, dict[str, list[str]]]:
+    """`--grid PLUGIN.KEY=V1,V2,...` into {plugin: {key: [values]}}."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--grid '{item}' is not PLUGIN.KEY=V1,V2", "write e.g. --grid iss-jpeg.quality=2,4,6,8,10")
+        plugin, param = key.split(".", 1)
+        out.setdefault(plugin, {})[param] = [v for v in values.split(",") if v]
+    return out
 
 
 def parse_param_flags(items: list[str], default_targets: tuple[str, ...]) -> dict[str, dict[str, Any]]:

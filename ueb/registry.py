@@ -135,6 +135,21 @@ class Registry:
     def create(self, kind: str, name: str, params: Mapping[str, Any] | None = None) -> Any:
         return self.get(kind, name).create(params)
 
+    def derive(self, kind: str, base: str, values: Mapping[str, Any]) -> str:
+        """Register a variant of `base` with other default parameters; returns its name.
+
+        Parameter grids (a JPEG quality sweep, clipped vs. soft DH) become ordinary names such
+        as `iss-jpeg[quality=2]`, so they flow through the matrix, the cache and the report.
+        """
+        entry = self.get(kind, base)
+        name = f"{base}[{','.join(f'{k}={v}' for k, v in values.items())}]"
+        if name not in self.entries[kind]:
+            self.entries[kind][name] = Entry(
+                kind, name, entry.target, entry.summary, entry.plugin, entry.distribution,
+                {**entry.defaults, **values}, {**entry.meta, "variant_of": base},
+            )  # fmt: skip
+        return name
+
     def select(self, kind: str, patterns: Iterable[str]) -> list[str]:
         """Resolve names, comma lists, globs and 'all' into registered names (order kept)."""
         chosen: list[str] = []

@@ -56,6 +56,7 @@ class ReportTable:
     rows: list[Row]
     metric: Metric
     notes: list[str] = field(default_factory=list)
+    row_axis: str = "Victim"
 
 
 def _order(names: Sequence[str], preferred: Sequence[str] | None) -> list[str]:
@@ -121,7 +122,19 @@ def build_table(records: Sequence[CellRecord], metric: Metric = "final", config:
 
 
 def _header(table: ReportTable) -> list[str]:
-    return ["Dataset", "Victim", "Poisoner", *table.columns, "Mean", "Max"]
+    return ["Dataset", table.row_axis, "Poisoner", *table.columns, "Mean", "Max"]
+
+
+def pivot_by_victim(records: Sequence[CellRecord], countermeasure: str = "vanilla", metric: Metric = "final", config: dict[str, Any] | None = None) -> ReportTable:
+    """The transfer layout of the paper's Tables III/E: one column per victim architecture."""
+    from dataclasses import replace
+
+    swapped = [replace(r, countermeasure=r.victim, victim=r.countermeasure) for r in records if r.countermeasure == countermeasure]
+    cfg = dict(config or {})
+    cfg["countermeasures"], cfg["victims"] = cfg.get("victims"), [countermeasure]
+    table = build_table(swapped, metric, cfg)
+    table.row_axis = "Countermeasure"
+    return table
 
 
 def _cells(row: Row, table: ReportTable) -> list[str]:

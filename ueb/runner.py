@@ -131,6 +131,7 @@ class CellWorker:
         self.job = job
         self.run = job.run
         self.registry = registry
+        job.run.register_variants(registry)
         self.device = job.device
         self.progress = progress or silent()
         self.log = log
