@@ -212,12 +212,17 @@ def embed_tsne(features: np.ndarray, seed: int = 0) -> np.ndarray:
     import numpy as np
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     x = features.astype(np.float64)
     if x.shape[1] > 50 and x.shape[0] > 50:
         x = PCA(n_components=50, random_state=seed).fit_transform(x)
     perplexity = max(2.0, min(30.0, (len(x) - 1) / 3.0))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, learning_rate="auto").fit_transform(x)
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, learning_rate="auto")
+    # One OpenMP thread: Barnes-Hut's threads spin-wait, and on a loaded machine 200 points took
+    # 90 s instead of 2 s; one thread also makes the layout reproducible.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return tsne.fit_transform(x)
 
 
 def _tsne_figure(run: RunData, clean: ImageSet, poisoned: torch.Tensor, cell: CellRecord, per_class: int, device: str) -> FigureOut:

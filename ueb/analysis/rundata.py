@@ -123,8 +123,8 @@ class RunData:
 
     def poisoned_pair(self, record: CellRecord) -> tuple[ImageSet, torch.Tensor]:
         """(clean training subset, poisoned uint8 images of the same samples)."""
+        poisoned = self.poison_images(record)  # the cheap check first
         clean = self.clean_train(record.dataset)
-        poisoned = self.poison_images(record)
         if tuple(poisoned.shape) != tuple(clean.images.shape):
             raise Missing(
                 f"poison of {record.poisoner} has shape {tuple(poisoned.shape)} but the rebuilt clean set "
