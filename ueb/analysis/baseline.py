@@ -69,9 +69,10 @@ def resolve_path(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if p.exists():
         return p
-    candidate = DEFAULT_DIR / f"{name_or_path}.json"
-    if candidate.exists():
-        return candidate
+    for folder in (DEFAULT_DIR, Path(__file__).resolve().parents[2] / DEFAULT_DIR):  # cwd, then the source tree
+        candidate = folder / f"{name_or_path}.json"
+        if candidate.exists():
+            return candidate
     raise ConfigError(f"baseline '{name_or_path}' not found", f"pass a .json path or a name from {DEFAULT_DIR}/")
 
 
