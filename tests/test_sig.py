@@ -233,33 +233,24 @@ def test_class_similarity_numbers():
         class_similarity(f[:2], y[:2])
 
 
-def _feature_model(ctx, k, size):
-    if "resnet18" in ctx.registry.names("victim"):
-        return None  # the registered victim, as the command uses
-    import torchvision
-    from torch import nn
-
-    from ueb.nn import Classifier
-
-    torch.manual_seed(0)
-    net = torchvision.models.resnet18(weights=None)
-    return Classifier(nn.Sequential(*list(net.children())[:-1]), 512, k)
-
-
 def test_offline_bank_intra_class_beats_other_classes(sig_ctx, offline_bank):
     from ueb_sig.similarity import bank_similarity
 
-    r = bank_similarity(offline_bank, sig_ctx, model=_feature_model(sig_ctx, 6, 32))
+    r = bank_similarity(offline_bank, sig_ctx)  # the registered resnet18, untrained, seeded
     assert r["intra"] > r["to_other_means"]
     # Untrained ReLU features crowd near one direction; centred, the class structure is plain.
     assert r["intra_centred"] > r["to_other_means_centred"] + 0.3
-    assert r["classes"] == 6 and r["samples"] == 72
+    assert r["classes"] == 6 and r["samples"] == 72 and r["features"].startswith("resnet18 (untrained")
+    # The paper's variant: the network first trained on the set it measures (a small one here).
+    t = bank_similarity(offline_bank, sig_ctx, victim="fastnet", train_iterations=2)
+    u = bank_similarity(offline_bank, sig_ctx, victim="fastnet")
+    assert "trained 2 steps" in t["features"] and t["intra_centred"] != pytest.approx(u["intra_centred"])
 
 
 def test_similarity_of_an_imageset(sig_ctx, tiny_set):
     from ueb_sig.similarity import imageset_similarity
 
-    r = imageset_similarity(tiny_set, sig_ctx, model=_feature_model(sig_ctx, 4, 32))
+    r = imageset_similarity(tiny_set, sig_ctx, victim="fastnet")
     assert 0 < r["intra"] <= 1 and 0 < r["inter"] <= 1 and r["samples"] == len(tiny_set)
 
 
@@ -285,9 +276,8 @@ def test_commands_write_bank_grid_and_similarity(sig_ctx, corpus_embeddings, tmp
 
     # 3 rows, 1 edge column + 4 images, 20 px cells with 2 px gaps
     assert Image.open(tmp_path / "g.png").size == (5 * 22 + 2, 3 * 22 + 2)
-    if "resnet18" in __import__("ueb.registry", fromlist=["x"]).get_registry().names("victim"):
-        r = runner.invoke(app, ["similarity", str(out), "--json", "--device", "cpu"])
-        assert r.exit_code == 0, r.output
-        assert {"intra", "inter", "to_other_means"} <= set(json.loads(r.output))
+    r = runner.invoke(app, ["similarity", str(out), "--json", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert {"intra", "inter", "to_other_means", "intra_centred"} <= set(json.loads(r.output))
     r = runner.invoke(app, ["semantic-images", "--out", str(out), "--sd-model", str(tmp_path)])
     assert r.exit_code == 2 and "--backend diffusers" in r.output

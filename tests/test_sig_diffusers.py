@@ -23,7 +23,8 @@ def _byte_alphabet() -> list[str]:
 
 
 def write_tiny_pipeline(root):
-    """Save a tiny SD + ControlNet (random weights) as local folders; returns (sd, controlnet)."""
+    """Save a tiny SD + ControlNet and a tiny CLIP text model (random weights) as local folders;
+    returns (sd, controlnet, clip)."""
     from diffusers import (
         AutoencoderKL,
         ControlNetModel,
@@ -31,7 +32,12 @@ def write_tiny_pipeline(root):
         StableDiffusionControlNetPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
 
     torch.manual_seed(0)
     chars = _byte_alphabet()
@@ -42,11 +48,13 @@ def write_tiny_pipeline(root):
     (tok / "merges.txt").write_text("#version: 0.2\n")  # no merges: one token per character
     tokenizer = CLIPTokenizer(str(tok / "vocab.json"), str(tok / "merges.txt"), model_max_length=77)
     end = vocab["<|endoftext|>"]
-    text = CLIPTextModel(
-        CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                       num_hidden_layers=2, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
-                       eos_token_id=end, pad_token_id=end)
-    )
+    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                            num_hidden_layers=2, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
+                            eos_token_id=end, pad_token_id=end, projection_dim=16)
+    text = CLIPTextModel(config)
+    # A CLIP text tower with projection, for TPC's `--encoder clip` path.
+    CLIPTextModelWithProjection(config).save_pretrained(root / "clip")
+    tokenizer.save_pretrained(root / "clip")
     blocks = dict(block_out_channels=(8, 16), layers_per_block=1, cross_attention_dim=32, norm_num_groups=4, attention_head_dim=4)
     unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4,
                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -61,7 +69,7 @@ def write_tiny_pipeline(root):
                                              requires_safety_checker=False)
     pipe.save_pretrained(root / "sd")
     control.save_pretrained(root / "controlnet")
-    return root / "sd", root / "controlnet"
+    return root / "sd", root / "controlnet", root / "clip"
 
 
 @pytest.fixture
@@ -77,11 +85,13 @@ def small_corpus(tmp_path):
 def test_tiny_diffusers_pipeline_end_to_end(run_context, tmp_path, small_corpus):
     from ueb_sig import SemanticBank, load_or_build_bank
 
-    sd, cn = write_tiny_pipeline(tmp_path / "weights")
-    opts = dict(sd_model=str(sd), controlnet=str(cn), steps=2, gen_size=32, batch_size=2, prompts=str(small_corpus))
+    sd, cn, clip = write_tiny_pipeline(tmp_path / "weights")
+    opts = dict(sd_model=str(sd), controlnet=str(cn), steps=2, gen_size=32, batch_size=2, prompts=str(small_corpus),
+                encoder="clip", clip_model=str(clip))
     bank = load_or_build_bank(run_context, 2, 3, 16, backend="diffusers", seed=0, **opts)
     assert bank.images.shape == (2, 3, 3, 16, 16) and bank.images.dtype == torch.uint8
     assert bank.backend == "diffusers" and "ControlNet" in bank.recipe["generator"]
+    assert bank.encoder.startswith("clip:clip#")
     assert bank.recipe["weights"]["sd_model"] == "sd" and bank.recipe["options"]["steps"] == 2
     assert len(set(bank.prompts)) == 2 and bank.edges is not None and bank.edges.shape == (2, 32, 32)
     # Different noise per sample: the three images of a class are not copies of each other.

@@ -16,7 +16,7 @@ import typer
 from ueb.errors import UebError
 
 
-def _context(device: str, seed: int, cache: Path | None):
+def _context(device: str, seed: int, cache: Path | None, profile: str = "quick"):
     import torch
 
     from ueb.artifacts import ArtifactStore
@@ -31,7 +31,7 @@ def _context(device: str, seed: int, cache: Path | None):
     return RunContext(
         seed=seed,
         device=device,
-        profile=load_profile("quick"),
+        profile=load_profile(profile),
         artifacts=ArtifactStore(cache),
         progress=progress,
         registry=get_registry(),
@@ -123,7 +123,9 @@ def similarity(
     bank: Annotated[Path, typer.Argument(help="bank folder (bank.npz + recipe.json)")],
     victim: Annotated[str, typer.Option(help="feature network (a registered victim)")] = "resnet18",
     weights: Annotated[Path | None, typer.Option(help="state dict of a trained victim (default: untrained, seeded)")] = None,
-    seed: Annotated[int, typer.Option(help="seed of the untrained network")] = 0,
+    train_iterations: Annotated[int, typer.Option("--train-iterations", help="first train the network on the bank itself for this many steps (paper: a trained ResNet-18)")] = 0,
+    profile: Annotated[str, typer.Option(help="profile whose training protocol --train-iterations uses")] = "quick",
+    seed: Annotated[int, typer.Option(help="seed of the network (initialisation and training)")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
@@ -133,8 +135,8 @@ def similarity(
 
     try:
         b = SemanticBank.load(bank)
-        ctx = _context(device, seed, None)
-        result = bank_similarity(b, ctx, victim=victim, weights=weights)
+        ctx = _context(device, seed, None, profile)
+        result = bank_similarity(b, ctx, victim=victim, weights=weights, train_iterations=train_iterations)
     except UebError as exc:
         raise _fail(exc) from None
     _emit({"bank": str(bank), "backend": b.backend, **result}, as_json, "semantic-bank similarity (Table J)")

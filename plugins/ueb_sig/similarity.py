@@ -118,16 +118,32 @@ def set_similarity(
     victim: str = "resnet18",
     weights: str | Path | None = None,
     model: nn.Module | None = None,
+    train_iterations: int = 0,
 ) -> dict[str, Any]:
-    """Table J metric for any labelled images (a bank, a clean set, a poisoned set)."""
+    """Table J metric for any labelled images (a bank, a clean set, a poisoned set).
+
+    The paper reads features from a ResNet-18 trained on the set being measured;
+    `train_iterations > 0` does that here (the profile's training protocol, that many SGD
+    steps on the set itself) before the features are taken.
+    """
     import torch
 
-    num_classes = int(torch.unique(labels).numel())
+    num_classes = max(int(torch.unique(labels).numel()), int(labels.max()) + 1)
     if model is None:
-        model = feature_network(ctx, max(num_classes, int(labels.max()) + 1), int(images.shape[-1]), victim, weights)
+        model = feature_network(ctx, num_classes, int(images.shape[-1]), victim, weights)
         source = f"{victim} ({'weights ' + Path(weights).name if weights else 'untrained, seed ' + str(ctx.seed)})"
     else:
         source = type(model).__name__
+    if train_iterations > 0:
+        import dataclasses
+
+        from ueb.imageset import ImageSet
+        from ueb.training import Trainer
+
+        cfg = dataclasses.replace(ctx.profile.training, iterations=train_iterations, milestones=(), eval_every=train_iterations)
+        data = ImageSet(images, labels, tuple(str(c) for c in range(num_classes)), name="similarity")
+        result = Trainer(cfg, ctx.device, ctx.seed, ctx.progress).fit(model, data, data, description="training the feature network")
+        source += f", then trained {train_iterations} steps on this set (train acc {result.final_acc:.1f}%)"
     feats = latent_features(images, model, str(ctx.device))
     return {**class_similarity(feats, labels), "features": source}
 
