@@ -210,9 +210,9 @@ def _features(model: Any, x: torch.Tensor, device: str, batch: int = 256) -> np.
 def embed_tsne(features: np.ndarray, seed: int = 0) -> np.ndarray:
     """2-D t-SNE (PCA to 50 dimensions first when wider, the usual practice)."""
     import numpy as np
-    from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
+    from sklearn.decomposition import PCA  # type: ignore[import-untyped]
+    from sklearn.manifold import TSNE  # type: ignore[import-untyped]
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     x = features.astype(np.float64)
     if x.shape[1] > 50 and x.shape[0] > 50:
