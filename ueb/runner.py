@@ -240,7 +240,7 @@ class CellWorker:
             train_seconds=result.seconds,
             poison_facts=facts,
             history=result.history,
-            extra=result.extra,
+            extra={**result.extra, "train_set": {k: v for k, v in train.meta.items() if k != "poison"}},
         )
 
     def run_cell_safe(self, cell: Cell, cell_id: str) -> CellRecord:
