@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ueb.errors import ConfigError
 
@@ -65,21 +64,29 @@ def bit_depth_reduction(images: torch.Tensor, bits: int, mode: str = "posterize"
 
 
 def grayscale(images: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601 weighted sum of R, G, B, rounded, replicated to every channel."""
+    """ITU-R 601 weighted sum of R, G, B replicated to every channel.
+
+    In PIL's fixed-point form, (19595 R + 38470 G + 7471 B + 2^15) >> 16, so the result is
+    bit-identical to PIL's convert("L") and torchvision's Grayscale on PIL images.
+    """
     x = as_uint8(images)
     if x.shape[1] == 1:
         return x.clone()
     if x.shape[1] != 3:
         raise ConfigError(f"grayscale needs 1- or 3-channel images, got {x.shape[1]} channels")
-    w = torch.tensor(ITU_R_601).view(1, 3, 1, 1)
     out = torch.empty_like(x)
-    for i in _chunks(len(x)):
-        y = (x[i : i + _CHUNK].float() * w).sum(1, keepdim=True).round_().clamp_(0, 255)
-        out[i : i + _CHUNK] = y.to(torch.uint8).expand(-1, 3, -1, -1)
+    for i in _chunks(len(x), _SMALL):
+        part = x[i : i + _SMALL].to(torch.int32)
+        y = (part[:, 0] * 19595 + part[:, 1] * 38470 + part[:, 2] * 7471 + 32768) >> 16
+        out[i : i + _SMALL] = y.to(torch.uint8)[:, None].expand(-1, 3, -1, -1)
     return out
 
 
 # --------------------------------------------------------------------------- filters
+# Small chunks keep each working tensor in cache; shifted slices (no convolution) make every
+# filter a handful of elementwise passes.
+
+_SMALL = 512
 
 
 def _check_kernel(kernel: int) -> None:
@@ -87,31 +94,62 @@ def _check_kernel(kernel: int) -> None:
         raise ConfigError(f"filter kernel size must be odd and positive, got {kernel}")
 
 
-def _depthwise(x: torch.Tensor, k1d: torch.Tensor) -> torch.Tensor:
-    """Separable depthwise convolution with reflect padding (OpenCV's BORDER_REFLECT_101)."""
-    c = x.shape[1]
-    r = (len(k1d) - 1) // 2
+def _pad(x: torch.Tensor, r: int, dim: int, mode: str) -> torch.Tensor:
+    """Pad `r` pixels on both sides of `dim`: "reflect" is OpenCV's BORDER_REFLECT_101."""
     if r == 0:
-        return x * k1d[0]
-    x = F.pad(x, (r, r, r, r), mode="reflect")
-    kh = k1d.view(1, 1, -1, 1).expand(c, 1, -1, 1)
-    kw = k1d.view(1, 1, 1, -1).expand(c, 1, 1, -1)
-    return F.conv2d(F.conv2d(x, kh, groups=c), kw, groups=c)
+        return x
+    n = x.shape[dim]
+    if mode == "reflect":
+        if r >= n:
+            raise ConfigError(f"filter radius {r} needs images larger than {n} px")
+        before = x.narrow(dim, 1, r).flip(dim)
+        after = x.narrow(dim, n - 1 - r, r).flip(dim)
+    else:  # replicate
+        shape = list(x.shape)
+        shape[dim] = r
+        before = x.narrow(dim, 0, 1).expand(shape)
+        after = x.narrow(dim, n - 1, 1).expand(shape)
+    return torch.cat([before, x, after], dim)
 
 
-def _separable(images: torch.Tensor, k1d: torch.Tensor) -> torch.Tensor:
-    x = as_uint8(images)
-    out = torch.empty_like(x)
-    for i in _chunks(len(x)):
-        y = _depthwise(x[i : i + _CHUNK].float(), k1d)
-        out[i : i + _CHUNK] = y.round_().clamp_(0, 255).to(torch.uint8)
+def _shifts(x: torch.Tensor, k: int, dim: int, mode: str) -> list[torch.Tensor]:
+    """The k shifted views of `x` along `dim` that a k-tap filter combines."""
+    xp = _pad(x, k // 2, dim, mode)
+    n = x.shape[dim]
+    return [xp.narrow(dim, j, n) for j in range(k)]
+
+
+def _separable(x: torch.Tensor, k1d: torch.Tensor, mode: str = "reflect") -> torch.Tensor:
+    """Separable filter in float32 over shifted slices; returns float."""
+    out = x
+    for dim in (-2, -1):
+        views = _shifts(out, len(k1d), dim, mode)
+        acc = views[0] * float(k1d[0])
+        for j in range(1, len(k1d)):
+            acc.add_(views[j], alpha=float(k1d[j]))
+        out = acc
     return out
 
 
 def mean_filter(images: torch.Tensor, kernel: int = 3) -> torch.Tensor:
-    """Box filter (OpenCV `blur`: reflect-101 border, rounded to 8 bits)."""
+    """Box filter (OpenCV `blur`: reflect-101 border), exact integer mean rounded to nearest."""
     _check_kernel(kernel)
-    return _separable(images, torch.full((kernel,), 1.0 / kernel))
+    x = as_uint8(images)
+    out = torch.empty_like(x)
+    area = kernel * kernel
+    # int16 holds 2 * sum + area for kernels up to 7 (2 * 49 * 255 + 49 < 2**15).
+    acc_type = torch.int16 if kernel <= 7 else torch.int32
+    for i in _chunks(len(x), _SMALL):
+        s = x[i : i + _SMALL].to(acc_type)
+        for dim in (-2, -1):
+            views = _shifts(s, kernel, dim, "reflect")
+            acc = views[0].clone()
+            for v in views[1:]:
+                acc.add_(v)
+            s = acc
+        # round(s / area) without ties: area is odd, so s / area is never k + 1/2.
+        out[i : i + _SMALL] = torch.div(2 * s + area, 2 * area, rounding_mode="floor").to(torch.uint8)
+    return out
 
 
 def gaussian_kernel1d(kernel: int, sigma: float) -> torch.Tensor:
@@ -123,9 +161,15 @@ def gaussian_kernel1d(kernel: int, sigma: float) -> torch.Tensor:
 
 
 def gaussian_filter(images: torch.Tensor, kernel: int = 3, sigma: float = 0.1) -> torch.Tensor:
-    """Gaussian smoothing as torchvision's GaussianBlur(kernel, sigma): reflect border."""
+    """Gaussian smoothing as torchvision's GaussianBlur(kernel, sigma): reflect border, 8-bit out."""
     _check_kernel(kernel)
-    return _separable(images, gaussian_kernel1d(kernel, sigma))
+    k1d = gaussian_kernel1d(kernel, sigma)
+    x = as_uint8(images)
+    out = torch.empty_like(x)
+    for i in _chunks(len(x), _SMALL):
+        y = _separable(x[i : i + _SMALL].float(), k1d)
+        out[i : i + _SMALL] = y.round_().clamp_(0, 255).to(torch.uint8)
+    return out
 
 
 def _sort2(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,15 +190,14 @@ def median_filter(images: torch.Tensor, kernel: int = 3) -> torch.Tensor:
     """Median filter (OpenCV `medianBlur`: replicated border), exact on 8-bit values."""
     _check_kernel(kernel)
     x = as_uint8(images)
-    r = kernel // 2
     out = torch.empty_like(x)
-    h, w = x.shape[-2:]
-    for i in _chunks(len(x)):
-        # replicate padding is not implemented for uint8; it is exact in float, then back.
-        xp = F.pad(x[i : i + _CHUNK].float(), (r, r, r, r), mode="replicate").to(torch.uint8)
-        views = [xp[..., dy : dy + h, dx : dx + w] for dy in range(kernel) for dx in range(kernel)]
-        med = _median9(views) if kernel == 3 else torch.stack(views, 0).median(0).values
-        out[i : i + _CHUNK] = med
+    for i in _chunks(len(x), _SMALL):
+        part = x[i : i + _SMALL]
+        views = [v for row in _shifts(part, kernel, -2, "replicate") for v in _shifts(row, kernel, -1, "replicate")]
+        if kernel == 3:
+            out[i : i + _SMALL] = _median9(views)
+        else:
+            out[i : i + _SMALL] = torch.stack(views, 0).median(0).values
     return out
 
 
