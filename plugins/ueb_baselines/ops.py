@@ -8,7 +8,7 @@ an earlier class wins, and that pixel of every image of the class is set to c. N
 
 The search is vectorised: per class and position only the sums of the pixel values and of
 their squares are needed, so all positions and colours are scored at once, in exact integer
-arithmetic on the 8-bit images. Settings, sources and the two deviations (ties, 0/0 scores):
+arithmetic on the 8-bit images (float32 matmuls over 256-image chunks, whose sums stay below 2**24). Settings, sources and the two deviations (ties, 0/0 scores):
 docs/poisoners-surrogate-free.md.
 """
 
@@ -17,12 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ueb.errors import DataError
 from ueb.imageset import ImageSet
 from ueb.interfaces import Budget, Poisoner, RunContext
 
-_CHUNK = 4096  # images per chunk when summing pixel statistics
+_CHUNK = 256  # images per chunk of pixel sums: keeps float32 sums of squares exact
 
 
 def corner_colours(channels: int) -> torch.Tensor:
@@ -40,13 +41,16 @@ def class_pixel_sums(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per class: image count, sum and sum of squares of the 0..255 values, (K, C, H, W) int64."""
     n, c, h, w = images.shape
-    s1 = torch.zeros(num_classes, c, h, w, dtype=torch.int64)
+    s1 = torch.zeros(num_classes, c * h * w, dtype=torch.int64)
     s2 = torch.zeros_like(s1)
     for i in range(0, n, _CHUNK):
-        x = images[i : i + _CHUNK].to("cpu", torch.int64)
-        y = labels[i : i + _CHUNK].cpu()
-        s1.index_add_(0, y, x)
-        s2.index_add_(0, y, x * x)
+        x = images[i : i + _CHUNK].cpu().flatten(1).float()
+        onehot = F.one_hot(labels[i : i + _CHUNK].cpu(), num_classes).float().t()
+        # every partial sum is an integer <= 256 * 255**2 < 2**24, so float32 is exact here
+        s1 += (onehot @ x).round().to(torch.int64)
+        s2 += (onehot @ (x * x)).round().to(torch.int64)
+    s1 = s1.view(num_classes, c, h, w)
+    s2 = s2.view(num_classes, c, h, w)
     counts = torch.bincount(labels.cpu(), minlength=num_classes)
     return counts, s1, s2
 
