@@ -23,6 +23,14 @@ ITU_R_601 = (0.299, 0.587, 0.114)
 _CHUNK = 8192  # images per chunk: bounds the float32 working memory at 224x224
 
 
+def _usable_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's core count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _chunks(n: int, size: int = _CHUNK) -> range:
     return range(0, n, size)
 
@@ -293,7 +301,7 @@ def jpeg(
     hwc = x.permute(0, 2, 3, 1).contiguous().numpy()
     out = np.empty_like(hwc)
     n = len(hwc)
-    workers = workers or os.cpu_count() or 1
+    workers = workers or _usable_cores()
     one = _ROUNDTRIP[encoder]
     # A few chunks per worker keeps the pool balanced without per-image task overhead.
     step = max(1, math.ceil(n / (workers * 4)))
