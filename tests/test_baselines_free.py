@@ -4,6 +4,7 @@ each method's own invariant (see docs/poisoners-surrogate-free.md)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -367,6 +368,7 @@ def test_ar_is_deterministic_and_caches_its_coefficients(run_context):
     assert torch.equal(a, ar.poison(train, run_context))
     b = ar.poison(train, dataclasses.replace(run_context, seed=1))
     assert not torch.equal(a, b)
+    json.dumps(ar.report(), allow_nan=False)  # stored with the poison: strict JSON
     fixed = _create(run_context, "ar", required_nm_response=3.0, search_seed=7)
     fixed.poison(train, run_context)
     c0 = fixed.report()["ar_coefficients"]

@@ -344,7 +344,8 @@ class AutoregressivePerturbations(Poisoner):
             "ar_search_seed": seed,
             "ar_required_nm_response": required,
             "ar_search_candidates": result.candidates,
-            "ar_lowest_responses": result.lowest_responses,
+            # the first process has no earlier filter to respond: None, not NaN, in the JSON
+            "ar_lowest_responses": [None if math.isnan(r) else r for r in result.lowest_responses],
         }
         path.write_text(json.dumps({"coefficients": result.coefficients.tolist(), "facts": facts}))
         ctx.artifacts.finish(art, **facts)
