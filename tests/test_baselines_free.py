@@ -389,3 +389,20 @@ def test_budget_violation_would_be_caught():
     out = grey.float01() + 0.05
     with pytest.raises(IntegrityError):
         check_poison(grey, out, Budget("l2", 1.0), False, "test")
+
+
+def test_ops_breaks_ties_with_the_seed():
+    from ueb_baselines.ops import search_pixels
+
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (30, 3, 8, 8), dtype=torch.uint8, generator=gen)
+    images[:, :, :2, :] = 0  # 16 border pixels where white scores +inf for every class
+    labels = torch.arange(3).repeat(10)
+    first = search_pixels(images, labels, 3)[0]
+    assert first == [(0, 0), (0, 1), (0, 2)]
+    draws = [
+        search_pixels(images, labels, 3, torch.Generator().manual_seed(s))[0] for s in range(4)
+    ]
+    assert draws[0] == search_pixels(images, labels, 3, torch.Generator().manual_seed(0))[0]
+    assert len({tuple(d) for d in draws}) > 1
+    assert all(r < 2 for d in draws for r, _ in d)

@@ -8,13 +8,14 @@ an earlier class wins, and that pixel of every image of the class is set to c. N
 
 The search is vectorised: per class and position only the sums of the pixel values and of
 their squares are needed, so all positions and colours are scored at once, in exact integer
-arithmetic on the 8-bit images (float32 matmuls over 256-image chunks, whose sums stay below 2**24). Settings, sources and the two deviations (ties, 0/0 scores):
+arithmetic on the 8-bit images (float32 matmuls over 256-image chunks, whose sums stay below 2**24). Settings, sources and the deviations (ties, 0/0 scores):
 docs/poisoners-surrogate-free.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -85,12 +86,15 @@ def ops_scores(count: int, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
 
 
 def search_pixels(
-    images: torch.Tensor, labels: torch.Tensor, num_classes: int
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    gen: torch.Generator | None = None,
 ) -> tuple[list[tuple[int, int]], list[int], list[float]]:
     """The official greedy search: per class (in label order) the best unused (position, colour).
 
     Returns each class's (row, col), colour index (see `corner_colours`) and score. Ties go to
-    the first pair in (position, colour) order.
+    a pair drawn with `gen`, or without one to the first pair in (position, colour) order.
     """
     _, c, h, w = images.shape
     if images.dtype != torch.uint8:
@@ -112,6 +116,9 @@ def search_pixels(
         # first maximum in (position, colour) order, the order the official code enumerates
         flat = score.t().reshape(-1)
         best = int(torch.argmax(flat))
+        if gen is not None:  # several pairs share the best score: draw one (seeded)
+            tied = torch.nonzero(flat == flat[best]).flatten()
+            best = int(tied[torch.randint(len(tied), (1,), generator=gen)])
         pos, colour = divmod(best, 2**c)
         used[colour, pos] = True
         positions.append(divmod(pos, w))
@@ -127,7 +134,9 @@ class OnePixelShortcut(Poisoner):
 
     @dataclass(frozen=True)
     class Params:
-        pass
+        # "random": a tie for the best score goes to a pair drawn with the run's seed (the
+        # official argsort leaves the order of ties unspecified); "first": the first pair
+        ties: Literal["random", "first"] = "random"
 
     def __init__(self, params: Params | None = None, name: str | None = None) -> None:
         super().__init__(params, name)
@@ -147,7 +156,8 @@ class OnePixelShortcut(Poisoner):
         images = train.uint8().cpu()
         labels = train.labels.cpu()
         with ctx.progress.task("OPS pixel search", total=1) as task:
-            positions, colours, scores = search_pixels(images, labels, train.num_classes)
+            gen = torch.Generator().manual_seed(ctx.seed) if self.params.ties == "random" else None
+            positions, colours, scores = search_pixels(images, labels, train.num_classes, gen)
             task.advance()
         table = corner_colours(train.channels).float()
         out = images.float().div_(255.0)
