@@ -119,6 +119,7 @@ def test_ops_changes_exactly_one_pixel_per_image_at_one_position_per_class(run_c
         seen.append([row, col])
     assert len(pairs) == train.num_classes
     assert ops.report()["ops_positions"] == seen
+    json.dumps(ops.report(), allow_nan=False)
 
 
 def test_ops_never_picks_a_pixel_that_already_has_the_colour():

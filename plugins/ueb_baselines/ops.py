@@ -14,6 +14,7 @@ docs/poisoners-surrogate-free.md.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -169,6 +170,7 @@ class OnePixelShortcut(Poisoner):
         self.facts = {
             "ops_positions": [list(p) for p in positions],
             "ops_colours": [table[c].int().tolist() if c >= 0 else None for c in colours],
-            "ops_scores": scores,
+            # strict JSON: +inf (a zero std, the same change in every image) is stored as None
+            "ops_scores": [s if math.isfinite(s) else None for s in scores],
         }
         return out
