@@ -151,9 +151,15 @@ class RunData:
             raise Missing(f"no saved model for {record.poisoner} x {record.countermeasure} x {record.victim} ({path.name})")
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
-            victim = self._registry().create("victim", saved.get("victim", record.victim), saved.get("params") or {})
+            # The record holds every resolved parameter; the file only the run's overrides, which
+            # rebuild a different net once the plugin's defaults change.
+            params = record.victim_params or saved.get("params") or {}
+            victim = self._registry().create("victim", saved.get("victim", record.victim), params)
             model = victim.build(clean.num_classes, clean.image_size, clean.channels)
             model.load_state_dict(saved["state_dict"])
         except (OSError, RuntimeError, KeyError, UebError) as exc:
-            raise Missing(f"saved model {path.name} cannot be restored ({str(exc).splitlines()[0][:160]})") from exc
+            now = self._registry().get("victim", record.victim).load_class().version
+            why = f"victim {record.victim} is v{now} now, v{record.victim_version} in the run" if now != record.victim_version else "the victim's code changed since the run?"
+            first = str(exc).strip().splitlines()[0][:160]
+            raise Missing(f"saved model {path.name} cannot be restored ({first} {why})") from exc
         return model.to(device).eval()
