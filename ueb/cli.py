@@ -164,13 +164,18 @@ def _run_path(run: str) -> Path:
 @app.command()
 def report(
     run: Annotated[str, typer.Argument(help="A run directory (or its name under runs/).")],
-    format: Annotated[str, typer.Option("--format", "-f", help="rich | markdown | csv | latex | json")] = "rich",
+    format: Annotated[str, typer.Option("--format", "-f", help="rich | markdown | csv | latex | json | html")] = "rich",
     metric: Annotated[str, typer.Option("--metric", help="final | peak")] = "final",
     out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file instead of the terminal.")] = None,
     pivot: Annotated[str | None, typer.Option("--pivot", help="'victim': one column per architecture (Table III layout).")] = None,
     countermeasure: Annotated[str, typer.Option("--countermeasure", help="With --pivot victim: which countermeasure's numbers.")] = "vanilla",
 ) -> None:
     """Render a run's results in the paper's Table I layout (or pivoted by victim)."""
+    if format == "html":
+        from ueb.analysis.commands import write_html
+
+        write_html(_run_path(run), out_file, metric=metric)
+        return
     from ueb.errors import ConfigError
     from ueb.report import RENDERERS, build_table, pivot_by_victim, to_rich
     from ueb.store import Store

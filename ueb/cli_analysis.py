@@ -9,9 +9,7 @@ import typer
 
 
 def add_commands(app: typer.Typer) -> None:
-    """Attach the analysis commands to `app` (filled in by ueb.analysis modules)."""
-    try:
-        from ueb.analysis.commands import register
-    except ImportError:  # the analysis package is optional at import time of the core
-        return
+    """Attach the analysis commands (plot, html, check, baseline) to `app`."""
+    from ueb.analysis.commands import register
+
     register(app)

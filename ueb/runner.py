@@ -213,7 +213,7 @@ class CellWorker:
         model = victim.build(splits.train.num_classes, splits.train.image_size, splits.train.channels)
         trainer = Trainer(self.run.profile.training, self.device, cell.seed, self.progress)
         result = cm.fit(model, train, test, trainer, ctx)
-        self.save_model(cell, cell_id, model)
+        self.save_model(cell, cell_id, model, victim)
         return CellRecord(
             cell_id=cell_id,
             ordinal=cell.ordinal,
@@ -252,14 +252,15 @@ class CellWorker:
                 raise
             return error_record(self.run, cell, cell_id, one_line(exc))
 
-    def save_model(self, cell: Cell, cell_id: str, model: torch.nn.Module) -> None:
+    def save_model(self, cell: Cell, cell_id: str, model: torch.nn.Module, victim: Victim) -> None:
         mode = self.run.config.save_models
         if mode == "none" or (mode == "vanilla" and cell.countermeasure != "vanilla"):
             return
         folder = Path(self.job.run_dir) / "models"
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f"{cell_id}.pt.tmp"
-        torch.save({"state_dict": model.state_dict(), "victim": cell.victim, "params": self.run.plugin_params(cell.victim)}, tmp)
+        blob = {"state_dict": model.state_dict(), "victim": cell.victim, "params": as_dict(victim.params), "version": type(victim).version}
+        torch.save(blob, tmp)
         tmp.replace(folder / f"{cell_id}.pt")
 
 

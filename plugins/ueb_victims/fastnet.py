@@ -31,7 +31,7 @@ def _conv_bn_gelu(cin: int, cout: int, pool: bool, momentum: float):
 class FastNet(Victim):
     """Airbench-style conv-BN-GELU net; CPU-friendly defaults (stem 16, widths 32/64/128)."""
 
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: pooled stem, narrower CPU-friendly widths
 
     @dataclass(frozen=True)
     class Params:
