@@ -18,7 +18,7 @@ import random
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -214,16 +214,8 @@ class CellWorker:
         trainer = Trainer(self.run.profile.training, self.device, cell.seed, self.progress)
         result = cm.fit(model, train, test, trainer, ctx)
         self.save_model(cell, cell_id, model, victim)
-        return CellRecord(
-            cell_id=cell_id,
-            ordinal=cell.ordinal,
-            dataset=cell.dataset,
-            poisoner=cell.poisoner,
-            countermeasure=cell.countermeasure,
-            victim=cell.victim,
-            seed=cell.seed,
-            poison_fraction=cell.fraction,
-            profile=self.run.profile.name,
+        return replace(
+            error_record(self.run, cell, cell_id, None),
             poisoner_version=type(poisoner).version,
             countermeasure_version=type(cm).version,
             victim_version=type(victim).version,
@@ -264,7 +256,8 @@ class CellWorker:
         tmp.replace(folder / f"{cell_id}.pt")
 
 
-def error_record(run: ResolvedRun, cell: Cell, cell_id: str, message: str) -> CellRecord:
+def error_record(run: ResolvedRun, cell: Cell, cell_id: str, message: str | None) -> CellRecord:
+    """A cell's identity fields with status 'error' (run_cell fills in the rest on success)."""
     return CellRecord(
         cell_id=cell_id,
         ordinal=cell.ordinal,
