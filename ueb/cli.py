@@ -143,12 +143,12 @@ def run(
 
 
 def _write_reports(store: Any, path: Path, metric: str, out: Output) -> None:
-    from ueb.report import EXTENSIONS, RENDERERS, build_table, to_rich
+    from ueb.report import EXTENSIONS, RENDERERS, build_table, to_markdown, to_rich
 
     table = build_table(store.records(), metric, store.manifest().get("config"))  # type: ignore[arg-type]
     for fmt, render in RENDERERS.items():
         (path / f"table.{EXTENSIONS[fmt]}").write_text(render(table))
-    out.table(to_rich(table))
+    out.table(to_rich(table), plain=to_markdown(table))
 
 
 # --------------------------------------------------------------------------- report / show / export
@@ -177,7 +177,7 @@ def report(
         write_html(_run_path(run), out_file, metric=metric)
         return
     from ueb.errors import ConfigError
-    from ueb.report import RENDERERS, build_table, pivot_by_victim, to_rich
+    from ueb.report import RENDERERS, build_table, pivot_by_victim, to_markdown, to_rich
     from ueb.store import Store
 
     out = Output()
@@ -191,7 +191,7 @@ def report(
     else:
         table = build_table(store.records(), metric, store.manifest().get("config"))  # type: ignore[arg-type]
     if format == "rich":
-        out.table(to_rich(table))
+        out.table(to_rich(table), plain=to_markdown(table))
         return
     if format not in RENDERERS:
         raise ConfigError(f"unknown format '{format}'", f"use rich, {', '.join(RENDERERS)}")

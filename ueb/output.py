@@ -32,8 +32,13 @@ class Output:
     def json(self, obj: Any) -> None:
         self.console.out(json.dumps(obj, indent=2, default=str), highlight=False)
 
-    def table(self, table: Any) -> None:
-        self.console.print(table)
+    def table(self, table: Any, plain: str | None = None) -> None:
+        """A rich table on a terminal; `plain` (e.g. markdown) when output goes to a file or pipe,
+        where rich would squeeze a wide table into 80 columns."""
+        if plain is not None and not self.console.is_terminal:
+            self.raw(plain)
+        else:
+            self.console.print(table)
 
     def rows(self, rows: list[dict[str, Any]], columns: list[str], title: str = "") -> None:
         if self.json_mode:

@@ -122,7 +122,9 @@ class Registry:
     # -- queries -------------------------------------------------------------------------
 
     def names(self, kind: str) -> list[str]:
-        return sorted(self.entries[kind])
+        """Registered names in registration order (plugins by name, then each plugin's order),
+        so `all` follows the order a plugin chose, e.g. the paper's Table I columns."""
+        return list(self.entries[kind])
 
     def get(self, kind: str, name: str) -> Entry:
         try:
