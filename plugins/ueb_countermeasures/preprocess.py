@@ -8,6 +8,7 @@ test set stays clean. docs/countermeasures.md records every choice.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,8 +25,9 @@ class SetTransform(Countermeasure):
 
     stage = "data"
 
+    @abstractmethod
     def apply(self, images: torch.Tensor, ctx: RunContext) -> torch.Tensor:
-        raise NotImplementedError
+        """The operation over all training images (uint8 or float in [0, 1])."""
 
     def transform_train_set(self, train: ImageSet, ctx: RunContext) -> ImageSet:
         with ctx.progress.task(f"{self.name}: {len(train)} training images", total=1) as task:
