@@ -6,7 +6,6 @@ Importing this module, `ueb --help` and `ueb list` never import torch: plugins r
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -359,4 +358,4 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 
-__all__ = ["app", "get_app", "main", "json"]
+__all__ = ["app", "get_app", "main"]

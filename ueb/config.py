@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -217,4 +217,4 @@ def parse_param_flags(items: list[str], default_targets: tuple[str, ...]) -> dic
     return out
 
 
-__all__ = ["RunConfig", "ResolvedRun", "build_config", "resolve", "load_matrix_file", "parse_param_flags", "with_run_dir", "replace"]
+__all__ = ["RunConfig", "ResolvedRun", "build_config", "resolve", "load_matrix_file", "parse_param_flags", "with_run_dir", "parse_grid_flags"]

@@ -58,7 +58,6 @@ class CellRecord:
 
 
 _JSON_FIELDS = {"poisoner_params", "countermeasure_params", "victim_params", "poison_facts", "history", "extra"}
-_TYPES = {int: "INTEGER", float: "REAL", str: "TEXT"}
 
 
 def _column_type(name: str) -> str:
