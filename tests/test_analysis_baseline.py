@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from core_helpers import REPO
+from core_helpers import REPO, run_cli
 from typer.testing import CliRunner
 
 from ueb.analysis import baseline as bl
@@ -97,6 +97,27 @@ def test_check_passes_on_identical_numbers_and_fails_when_one_moves(tmp_path):
         ("fashion-mnist | em | vanilla | fastnet | seed 0", "12.25", "14.00", "+1.75")
     ]
     assert _cli("check", str(run), "--baseline", str(path), "--tolerance", "2").exit_code == 0
+
+
+def test_the_installed_command_exits_nonzero_when_a_check_fails(tmp_path):
+    """Through `ueb.cli.main` (as CI calls it), not CliRunner: typer's `Exit(1)` must become the
+    process's exit status, or a CI step running `ueb check` could never go red."""
+    run = _make_run(tmp_path / "run", CELLS)
+    path = _accept(run, tmp_path / "baselines")
+    store = Store(run)
+    moved = store.records()[2]
+    moved.final_acc = 30.0
+    store.put(moved)
+    store.close()
+    res = run_cli("check", str(run), "--baseline", str(path))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "FAILED" in res.stdout + res.stderr
+
+
+def test_usage_errors_are_a_short_message_without_a_traceback():
+    res = run_cli("show")
+    assert res.returncode == 2
+    assert "Missing argument" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_a_cell_that_now_fails_counts_as_moved(tmp_path):

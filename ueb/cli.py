@@ -333,26 +333,46 @@ def _prescan_plugins_dir(argv: list[str]) -> None:
             os.environ["UEB_PLUGINS_DIR"] = arg.split("=", 1)[1]
 
 
-def main() -> None:
+def _click_error_types() -> tuple[type[BaseException], ...]:
+    """Click's usage-error base class, and typer's vendored copy of it (typer >= 0.2x ships its own)."""
     import click
 
+    types: list[type[BaseException]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+    except ImportError:  # older typer: uses click itself
+        pass
+    else:
+        types.append(VendoredClickException)
+    return tuple(types)
+
+
+def _abort_types() -> tuple[type[BaseException], ...]:
+    import click
+
+    return tuple({click.exceptions.Abort, typer.Abort})
+
+
+def main() -> None:
+    """Entry point. Runs the app with `standalone_mode=False` so that ueb's own errors become one
+    line, which means exit codes (`raise typer.Exit(1)` comes back as a return value) and usage
+    errors must be handled here."""
     _prescan_plugins_dir(sys.argv[1:])
     try:
-        get_app()(standalone_mode=False)
+        code = get_app()(standalone_mode=False)
     except UebError as exc:
         Output().error(exc.line())
         sys.exit(2)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except _abort_types():
         Output().error("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    except _click_error_types() as exc:
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
     except KeyboardInterrupt:
         Output().error("interrupted; re-run the same command to resume")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
