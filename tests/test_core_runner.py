@@ -19,7 +19,7 @@ from core_helpers import FIXTURES, REPO, isolated_registry, minimal_plugins, run
 from ueb.config import RunConfig, build_config, resolve
 from ueb.errors import ConfigError, IntegrityError, UebError
 from ueb.hookspecs import hookimpl
-from ueb.integrity import check_poison
+from ueb.integrity import check_poison, perturbation_stats
 from ueb.interfaces import Budget, Poisoner
 from ueb.plugins import set_host
 from ueb.progress import silent
@@ -142,6 +142,22 @@ def test_parameter_grid_becomes_variants_in_the_matrix(registry, tmp_path):
     assert facts["counting[level=3]"] == pytest.approx(3 / 255, abs=1e-6)
 
 
+def test_grid_values_beat_profile_globs_and_variants_keep_the_base_settings():
+    """A profile's `[plugins."deephiding*"] per_class = 10` must not undo `--grid
+    deephiding-s.per_class=1,2`, and `[plugins.at-linf] steps = 2` must reach `at-linf[eps=...]`."""
+    from ueb.config import ResolvedRun
+    from ueb.profile import Profile
+
+    profile = Profile(name="p", plugins={"count*": {"level": 7, "other": 1}, "counting": {"scale": 2}})
+    run = ResolvedRun(
+        config=RunConfig(params={"counting": {"user": 5}, "counting[level=1]": {"other": 9}}),
+        profile=profile, datasets=(), poisoners=("counting[level=1]",), countermeasures=(), victims=(), seeds=(0,),
+        variants=(("poisoner", "counting", (("level", 1),)),),
+    )  # fmt: skip
+    assert run.plugin_params("counting[level=1]") == {"level": 1, "other": 9, "scale": 2, "user": 5}
+    assert run.plugin_params("counting") == {"level": 7, "other": 1, "scale": 2, "user": 5}
+
+
 def test_fail_fast_stops_at_the_first_failure(registry, tmp_path):
     with pytest.raises(UebError, match="generator exploded"):
         _run(registry, tmp_path, poisoners=("raising",), fail_fast=True, include_clean=False).execute()
@@ -210,6 +226,20 @@ def test_integrity_budgets_hold_after_rounding():
     one[:, :, 1, 1] = 1 - one[:, :, 1, 1]
     with pytest.raises(IntegrityError, match="L0"):
         check_poison(clean, one, Budget("l0", 1), False, "p")
+
+
+def test_chroma_share_is_what_grayscale_can_remove():
+    clean = torch.full((4, 3, 8, 8), 128, dtype=torch.uint8)
+    grey = clean + torch.tensor([4, 4, 4], dtype=torch.uint8)[None, :, None, None]
+    colour = clean.clone()
+    colour[:, 0] += 4  # red only: 2/3 of its energy is off the grey axis
+    balanced = clean.clone()
+    balanced[:, 0] += 4
+    balanced[:, 1] -= 4  # red up, green down: no grey component at all
+    assert perturbation_stats(clean, grey)["chroma_share"] == 0.0
+    assert perturbation_stats(clean, colour)["chroma_share"] == pytest.approx(2 / 3)
+    assert perturbation_stats(clean, balanced)["chroma_share"] == pytest.approx(1.0)
+    assert "chroma_share" not in perturbation_stats(clean[:, :1], grey[:, :1])
 
 
 # -- configuration errors ------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from ueb.errors import ConfigError
 from ueb.params import as_dict, params_hash, parse_params
 from ueb.profile import Profile, load_profile
-from ueb.registry import Registry
+from ueb.registry import Registry, variant_name
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,20 @@ class ResolvedRun:
             registry.derive(kind, base, dict(values))
 
     def plugin_params(self, name: str) -> dict[str, Any]:
-        """Profile scale settings < the user's parameters, for plugin `name`."""
+        """Profile scale settings < the user's parameters, for plugin `name`.
+
+        A grid variant (`deephiding-s[per_class=1]`) gets its base plugin's settings, then its
+        own grid values on top: a profile glob such as `deephiding*` must neither override the
+        swept value nor be skipped because the variant's name does not match `[plugins.NAME]`.
+        """
+        for _kind, base, values in self.variants:
+            if variant_name(base, dict(values)) == name:
+                return {
+                    **self.profile.plugin_params(base),
+                    **self.config.params.get(base, {}),
+                    **dict(values),
+                    **self.config.params.get(name, {}),
+                }
         return {**self.profile.plugin_params(name), **self.config.params.get(name, {})}
 
     def describe(self) -> dict[str, Any]:

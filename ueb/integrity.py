@@ -47,7 +47,12 @@ def finalize_poison(clean: ImageSet, output: torch.Tensor, who: str) -> torch.Te
 
 
 def perturbation_stats(clean: torch.Tensor, poisoned: torch.Tensor) -> dict[str, float]:
-    """Norms of the stored (uint8) perturbation and PSNR in dB, averaged over images."""
+    """Norms of the stored (uint8) perturbation and PSNR in dB, averaged over images.
+
+    `chroma_share` (3-channel images) is the fraction of the perturbation's energy off the grey
+    axis, i.e. what a grayscale countermeasure (ISS) can remove; on grey source images a
+    surrogate's gradients are nearly channel-symmetric, so this is what decides ISS-grayscale.
+    """
     delta = (poisoned.float() - clean.float()) / 255.0
     flat = delta.flatten(1)
     mse = flat.pow(2).mean(1)
@@ -61,7 +66,16 @@ def perturbation_stats(clean: torch.Tensor, poisoned: torch.Tensor) -> dict[str,
         "l0_max": float(changed.max()),
         "psnr_db": float(finite.mean()) if finite.numel() else math.inf,
         "changed_images": float((flat.abs().sum(1) > 0).float().mean()),
+        **_chroma_share(delta),
     }
+
+
+def _chroma_share(delta: torch.Tensor) -> dict[str, float]:
+    if delta.dim() != 4 or delta.shape[1] != 3:
+        return {}
+    energy = float(delta.pow(2).sum())
+    off_grey = float((delta - delta.mean(1, keepdim=True)).pow(2).sum())
+    return {"chroma_share": off_grey / energy if energy > 0 else 0.0}
 
 
 def check_budget(clean: torch.Tensor, poisoned: torch.Tensor, budget: Budget, who: str) -> None:

@@ -144,7 +144,7 @@ class Registry:
         as `iss-jpeg[quality=2]`, so they flow through the matrix, the cache and the report.
         """
         entry = self.get(kind, base)
-        name = f"{base}[{','.join(f'{k}={v}' for k, v in values.items())}]"
+        name = variant_name(base, values)
         if name not in self.entries[kind]:
             self.entries[kind][name] = Entry(
                 kind, name, entry.target, entry.summary, entry.plugin, entry.distribution,
@@ -173,6 +173,11 @@ class Registry:
 
 
 _registry: Registry | None = None
+
+
+def variant_name(base: str, values: Mapping[str, Any]) -> str:
+    """The registered name of a grid variant, e.g. `iss-jpeg[quality=2]`."""
+    return f"{base}[{','.join(f'{k}={v}' for k, v in values.items())}]"
 
 
 def get_registry() -> Registry:
