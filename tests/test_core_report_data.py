@@ -90,6 +90,23 @@ def test_store_round_trip_and_exports(tmp_path):
     assert "deephiding" in again.export_csv() and '"manifest"' in again.export_json()
 
 
+def test_store_writes_strict_json_that_sqlite_can_query(tmp_path):
+    """A clean poison's PSNR is infinite; Python's json would write `Infinity`, which SQLite's
+    json_extract rejects ("malformed JSON") for the whole query."""
+    import math
+    import sqlite3
+
+    record = fixed_records()[0]
+    record.poison_facts = {"psnr_db": math.inf, "scores": [1.0, math.nan], "nested": {"x": -math.inf}}
+    store = Store(tmp_path)
+    store.put(record)
+    store.close()
+    with sqlite3.connect(tmp_path / "results.sqlite") as db:
+        row = db.execute("SELECT json_extract(poison_facts, '$.psnr_db'), json_extract(poison_facts, '$.nested.x'), json_extract(poison_facts, '$.scores[0]') FROM cells").fetchone()
+    assert row == (None, None, 1.0)
+    assert Store.open_existing(tmp_path).records()[0].poison_facts["scores"] == [1.0, None]
+
+
 # -- datasets -----------------------------------------------------------------------------------
 
 

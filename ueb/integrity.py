@@ -46,7 +46,7 @@ def finalize_poison(clean: ImageSet, output: torch.Tensor, who: str) -> torch.Te
     return quantize(output.float())
 
 
-def perturbation_stats(clean: torch.Tensor, poisoned: torch.Tensor) -> dict[str, float]:
+def perturbation_stats(clean: torch.Tensor, poisoned: torch.Tensor) -> dict[str, float | None]:
     """Norms of the stored (uint8) perturbation and PSNR in dB, averaged over images.
 
     `chroma_share` (3-channel images) is the fraction of the perturbation's energy off the grey
@@ -64,7 +64,8 @@ def perturbation_stats(clean: torch.Tensor, poisoned: torch.Tensor) -> dict[str,
         "l2_mean": float(flat.norm(dim=1).mean()),
         "l2_max": float(flat.norm(dim=1).max()),
         "l0_max": float(changed.max()),
-        "psnr_db": float(finite.mean()) if finite.numel() else math.inf,
+        # None (JSON null) when nothing changed: the store writes strict JSON, and inf is not
+        "psnr_db": float(finite.mean()) if finite.numel() else None,
         "changed_images": float((flat.abs().sum(1) > 0).float().mean()),
         **_chroma_share(delta),
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -70,6 +71,22 @@ def _column_type(name: str) -> str:
     return "TEXT"
 
 
+def _finite(value: Any) -> Any:
+    """NaN and +-inf become None, at any depth: SQLite's JSON functions reject them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _dumps(value: Any) -> str:
+    """Strict JSON, so that `json_extract` works on every stored record."""
+    return json.dumps(_finite(value), default=str, allow_nan=False)
+
+
 class Store:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
@@ -127,7 +144,7 @@ class Store:
         record.finished = record.finished or time.strftime("%Y-%m-%dT%H:%M:%S")
         row = asdict(record)
         for k in _JSON_FIELDS:
-            row[k] = json.dumps(row[k], default=str)
+            row[k] = _dumps(row[k])
         names = list(row)
         with self._tx() as c:
             c.execute(
