@@ -53,6 +53,21 @@ def test_params_reject_unknown_keys_and_wrong_types():
     assert reg.create("victim", "tiny", {"width": "4"}).params.width == 4
 
 
+def test_list_parameters_from_the_command_line_accept_bare_and_bracketed_lists():
+    from dataclasses import dataclass
+
+    from ueb.params import parse_params
+
+    @dataclass(frozen=True)
+    class P:
+        widths: tuple[int, ...] = (1,)
+
+    for text in ("16,64,128", "[16, 64, 128]", "(16,64,128)", " [16,64,128] "):
+        assert parse_params(P, {"widths": text}, where="p").widths == (16, 64, 128)
+    with pytest.raises(ConfigError, match="should be an integer"):
+        parse_params(P, {"widths": "[16, wide]"}, where="p")
+
+
 class _CollidingA:
     @hookimpl
     def register_poisoners(self, register):

@@ -30,3 +30,28 @@ def test_every_hook_is_documented_in_hookspecs():
         if name.startswith("register_"):
             assert fn.__doc__, f"hook {name} has no docstring"
             assert list(inspect.signature(fn).parameters) in (["register"], ["cli"])
+
+
+def test_files_the_docs_point_to_exist():
+    """Paths such as `benchmarks/matrices/table1-cifar10.toml` in the README and docs exist
+    (placeholders like NAME.json and outputs a command writes are listed as allowed)."""
+    allowed = {"benchmarks/baselines/NAME.json", "benchmarks/baselines/smoke-cpu.json"}
+    pattern = re.compile(r"(?:benchmarks|docs|ueb|plugins|tests)/[A-Za-z0-9_./-]+\.(?:toml|md|py|json|png|sh)")
+    texts = [REPO / "README.md", REPO / "DEVELOPERS.md", *sorted((REPO / "docs").glob("*.md")), REPO / "benchmarks" / "RESULTS.md"]
+    missing = {m for t in texts for m in pattern.findall(t.read_text()) if m not in allowed and not (REPO / m).exists()}
+    assert not missing, f"docs point to files that do not exist: {sorted(missing)}"
+
+
+def test_shipped_matrix_files_resolve_and_their_parameters_are_accepted():
+    from ueb.config import build_config, load_matrix_file, resolve
+    from ueb.registry import get_registry
+
+    registry = get_registry()
+    files = sorted((REPO / "benchmarks" / "matrices").glob("*.toml"))
+    assert files
+    for path in files:
+        run = resolve(build_config(load_matrix_file(path), {}), registry)
+        assert run.poisoners and run.countermeasures and run.victims, path.name
+        for kind, names in (("poisoner", run.poisoners), ("countermeasure", run.countermeasures), ("victim", run.victims), ("dataset", run.datasets)):
+            for name in names:
+                registry.create(kind, name, run.plugin_params(name))  # raises on an unknown or mistyped parameter

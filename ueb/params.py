@@ -77,8 +77,11 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where} is {value!r}, not an allowed value", fix)
     if origin in (tuple, list):
         args = get_args(tp)
-        if isinstance(value, str):
-            value = [v for v in (s.strip() for s in value.split(",")) if v]
+        if isinstance(value, str):  # "16,64,128" or "[16, 64, 128]" (also "(16, 64, 128)")
+            text = value.strip()
+            if len(text) >= 2 and (text[0], text[-1]) in (("[", "]"), ("(", ")")):
+                text = text[1:-1]
+            value = [v for v in (s.strip() for s in text.split(",")) if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} should be a list, got {type(value).__name__}")
         item_tp = args[0] if args else Any
