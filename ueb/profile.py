@@ -62,11 +62,16 @@ class Profile:
 
     def plugin_params(self, name: str) -> dict[str, Any]:
         """Scale parameters for plugin `name` (exact keys win over globs)."""
-        merged: dict[str, Any] = {}
-        for key in sorted(self.plugins, key=lambda k: (k == name, k)):
-            if key == name or fnmatch.fnmatchcase(name, key):
-                merged.update(self.plugins[key])
-        return merged
+        return matching_plugin_settings(self.plugins, name)
+
+
+def matching_plugin_settings(plugins: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    """Merge the `[plugins.KEY]` tables whose KEY is `name` or a glob matching it; exact wins."""
+    merged: dict[str, Any] = {}
+    for key in sorted(plugins, key=lambda k: (k == name, k)):
+        if key == name or fnmatch.fnmatchcase(name, key):
+            merged.update(plugins[key])
+    return merged
 
 
 def available_profiles() -> list[str]:

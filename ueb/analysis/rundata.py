@@ -10,7 +10,6 @@ cannot be drawn is skipped while the others are.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,11 +29,9 @@ class Missing(Exception):
 
 def plugin_params(config: dict[str, Any], name: str) -> dict[str, Any]:
     """The parameters the run gave plugin `name`: profile scale settings (globs) < the user's."""
-    merged: dict[str, Any] = {}
-    profile_plugins = config.get("profile_plugins") or {}
-    for key in sorted(profile_plugins, key=lambda k: (k == name, k)):
-        if key == name or fnmatch.fnmatchcase(name, key):
-            merged.update(profile_plugins[key])
+    from ueb.profile import matching_plugin_settings
+
+    merged = matching_plugin_settings(config.get("profile_plugins") or {}, name)
     merged.update((config.get("params") or {}).get(name, {}))
     return merged
 
