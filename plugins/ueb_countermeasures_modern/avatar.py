@@ -65,7 +65,7 @@ def load_ddpm(model_dir: str | Path) -> tuple[Any, Any]:
     if not (unet_dir / "config.json").exists():
         raise ConfigError(f"avatar: no UNet config.json in '{root}' or '{root / 'unet'}'", _fix_model_dir_hint())
     try:
-        unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True)
+        unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True, low_cpu_mem_usage=False)
     except Exception as exc:  # diffusers raises several types for a broken folder
         raise ConfigError(
             f"avatar: cannot load a UNet2DModel from '{unet_dir}': {type(exc).__name__}: {str(exc).splitlines()[0]}",
