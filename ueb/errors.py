@@ -29,3 +29,7 @@ class PluginError(UebError):
 
 class IntegrityError(UebError):
     """A poisoned set broke its declared contract (shape, range, budget)."""
+
+
+class DiskFullError(UebError):
+    """The disk filled up while ueb was writing; the run stops (finished work is kept)."""
