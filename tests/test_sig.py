@@ -14,23 +14,27 @@ import torch
 from ueb.errors import ConfigError, DataError
 
 
-@pytest.fixture(scope="module")
-def sig_ctx(tmp_path_factory):
-    """One artifact store for the module, so the corpus is embedded once."""
+def _context(root):
     from ueb.artifacts import ArtifactStore
     from ueb.interfaces import RunContext
     from ueb.profile import load_profile
     from ueb.progress import silent
-    from ueb.registry import get_registry
+    from ueb.registry import get_registry, registry_provider
 
     return RunContext(
         seed=0,
         device="cpu",
-        profile=load_profile("smoke"),
-        artifacts=ArtifactStore(tmp_path_factory.mktemp("sig-artifacts")),
+        artifacts=ArtifactStore(root),
         progress=silent(),
-        registry=get_registry(),
+        training=load_profile("smoke").training,
+        provider=registry_provider(get_registry()),
     )
+
+
+@pytest.fixture(scope="module")
+def sig_ctx(tmp_path_factory):
+    """One artifact store for the module, so the corpus is embedded once."""
+    return _context(tmp_path_factory.mktemp("sig-artifacts"))
 
 
 @pytest.fixture(scope="module")
@@ -177,15 +181,9 @@ def test_bank_is_cached_and_reused(sig_ctx, offline_bank, monkeypatch):
 def test_offline_bank_is_deterministic_across_stores(sig_ctx, offline_bank, tmp_path):
     from ueb_sig import load_or_build_bank
 
-    from ueb.artifacts import ArtifactStore
-    from ueb.interfaces import RunContext
-    from ueb.profile import load_profile
-    from ueb.progress import silent
-    from ueb.registry import get_registry
-
     # Share the corpus embeddings (their own cached artifact) so only the bank is rebuilt.
     shutil.copytree(sig_ctx.artifacts.root / "sig-embeddings", tmp_path / "sig-embeddings")
-    ctx = RunContext(0, "cpu", load_profile("smoke"), ArtifactStore(tmp_path), silent(), get_registry())
+    ctx = _context(tmp_path)
     fresh = load_or_build_bank(ctx, 6, 12, 32, backend="offline", seed=0)
     assert fresh.content_hash == offline_bank.content_hash
 
@@ -227,7 +225,14 @@ def test_class_similarity_numbers():
     m0 = torch.tensor([1.0, 0.1], dtype=torch.float64)
     own = torch.nn.functional.cosine_similarity(f[:2], m0[None]).mean()
     assert r["intra"] == pytest.approx(float(own), abs=1e-9)
-    assert r["inter"] == pytest.approx(float(torch.nn.functional.cosine_similarity(m0, torch.tensor([0.55, 0.55], dtype=torch.float64), dim=0)), abs=1e-9)
+    assert r["inter"] == pytest.approx(
+        float(
+            torch.nn.functional.cosine_similarity(
+                m0, torch.tensor([0.55, 0.55], dtype=torch.float64), dim=0
+            )
+        ),
+        abs=1e-9,
+    )
     assert r["margin"] == pytest.approx(r["intra"] - r["to_other_means"], abs=1e-9)
     with pytest.raises(DataError):
         class_similarity(f[:2], y[:2])
@@ -240,11 +245,15 @@ def test_offline_bank_intra_class_beats_other_classes(sig_ctx, offline_bank):
     assert r["intra"] > r["to_other_means"]
     # Untrained ReLU features crowd near one direction; centred, the class structure is plain.
     assert r["intra_centred"] > r["to_other_means_centred"] + 0.3
-    assert r["classes"] == 6 and r["samples"] == 72 and r["features"].startswith("resnet18 (untrained")
+    assert (
+        r["classes"] == 6 and r["samples"] == 72 and r["features"].startswith("resnet18 (untrained")
+    )
     # The paper's variant: the network first trained on the set it measures (a small one here).
     t = bank_similarity(offline_bank, sig_ctx, victim="fastnet", train_iterations=2)
     u = bank_similarity(offline_bank, sig_ctx, victim="fastnet")
-    assert "trained 2 steps" in t["features"] and t["intra_centred"] != pytest.approx(u["intra_centred"])
+    assert "trained 2 steps" in t["features"] and t["intra_centred"] != pytest.approx(
+        u["intra_centred"]
+    )
 
 
 def test_similarity_of_an_imageset(sig_ctx, tiny_set):
@@ -265,12 +274,33 @@ def test_commands_write_bank_grid_and_similarity(sig_ctx, corpus_embeddings, tmp
     app = typer.Typer()
     add_commands(app)
     runner = CliRunner()
-    shutil.copytree(sig_ctx.artifacts.root / "sig-embeddings", tmp_path / "cache" / "sig-embeddings")
+    shutil.copytree(
+        sig_ctx.artifacts.root / "sig-embeddings", tmp_path / "cache" / "sig-embeddings"
+    )
     out = tmp_path / "bank"
-    r = runner.invoke(app, ["semantic-images", "--classes", "3", "--per-class", "4", "--size", "16", "--out", str(out), "--device", "cpu", "--cache", str(tmp_path / "cache")])
+    r = runner.invoke(
+        app,
+        [
+            "semantic-images",
+            "--classes",
+            "3",
+            "--per-class",
+            "4",
+            "--size",
+            "16",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert (out / "bank.npz").is_file() and (out / "recipe.json").is_file()
-    r = runner.invoke(app, ["bank-grid", str(out), "--out", str(tmp_path / "g.png"), "--cell", "20"])
+    r = runner.invoke(
+        app, ["bank-grid", str(out), "--out", str(tmp_path / "g.png"), "--cell", "20"]
+    )
     assert r.exit_code == 0, r.output
     from PIL import Image
 

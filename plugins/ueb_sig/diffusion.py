@@ -7,13 +7,21 @@ differ (paper Sec. III-B3 and Sec. IV-A: 100 images per class). Nothing is ever 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ueb.errors import ConfigError
+
+from .weights import (
+    CLI,
+    DigestMemo,
+    Settings,
+    check_controlnet,
+    check_stable_diffusion,
+    folder_identity,
+    stable_diffusion_identity,
+)
 
 
 @dataclass(frozen=True)
@@ -29,39 +37,30 @@ class DiffusionOptions:
     canny_high: int = 200
 
 
-def check_folder(path: str | Path | None, flag: str, what: str, marker: str) -> Path:
-    """A local weights folder, or a one-line error naming the flag."""
-    if path is None:
-        raise ConfigError(f"the diffusers backend needs {what} weights", f"pass {flag} DIR (a local folder; nothing is downloaded)")
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        raise ConfigError(f"{flag} {p} does not exist", f"pass {flag} DIR pointing at locally saved {what} weights")
-    if not (p / marker).is_file():
-        raise ConfigError(f"{flag} {p} holds no {marker}", f"pass {flag} DIR saved with diffusers' save_pretrained ({what})")
-    return p
+def describe_weights(
+    sd_model: str | Path | None,
+    controlnet: str | Path | None,
+    settings: Settings = CLI,
+    memo: DigestMemo | None = None,
+) -> dict[str, Any]:
+    """The content identity of both folders (what enters the bank's cache key)."""
+    sd = check_stable_diffusion(sd_model, settings.sd_model)
+    cn = check_controlnet(controlnet, settings.controlnet)
+    return {
+        "stable_diffusion": stable_diffusion_identity(sd, memo),
+        "controlnet": folder_identity(cn, memo),
+    }
 
 
-def fingerprint(folder: Path) -> str:
-    """Cheap identity of a weights folder: every config's text plus every file's name and size."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = f.relative_to(folder).as_posix()
-        h.update(rel.encode())
-        h.update(str(f.stat().st_size).encode())
-        if f.suffix in (".json", ".txt") and f.stat().st_size < 1_000_000:
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def describe_weights(sd_model: str | Path | None, controlnet: str | Path | None) -> dict[str, Any]:
-    sd = check_folder(sd_model, "--sd-model", "Stable Diffusion", "model_index.json")
-    cn = check_folder(controlnet, "--controlnet", "ControlNet", "config.json")
-    return {"sd_model": sd.name, "sd_fingerprint": fingerprint(sd), "controlnet": cn.name, "controlnet_fingerprint": fingerprint(cn)}
-
-
-def load_pipeline(sd_model: str | Path, controlnet: str | Path, device: str, options: DiffusionOptions):
-    sd = check_folder(sd_model, "--sd-model", "Stable Diffusion", "model_index.json")
-    cn = check_folder(controlnet, "--controlnet", "ControlNet", "config.json")
+def load_pipeline(
+    sd_model: str | Path,
+    controlnet: str | Path,
+    device: str,
+    options: DiffusionOptions,
+    settings: Settings = CLI,
+):
+    sd = check_stable_diffusion(sd_model, settings.sd_model)
+    cn = check_controlnet(controlnet, settings.controlnet)
     import importlib.util
 
     import torch
@@ -88,13 +87,22 @@ def load_pipeline(sd_model: str | Path, controlnet: str | Path, device: str, opt
         pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
     elif options.scheduler != "as-saved":
         raise ConfigError(f"unknown scheduler '{options.scheduler}'", "use 'unipc' or 'as-saved'")
-    dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
-    pipe = pipe.to(device, dtype)
+    # float16 on CUDA; on the CPU it stays float32 (a no-op cast there only adds warnings).
+    pipe = pipe.to(device, torch.float16) if str(device).startswith("cuda") else pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def generate_class(pipe, prompt: str, edges, count: int, size: int, seed: int, options: DiffusionOptions, device: str):
+def generate_class(
+    pipe,
+    prompt: str,
+    edges,
+    count: int,
+    size: int,
+    seed: int,
+    options: DiffusionOptions,
+    device: str,
+):
     """`count` images (uint8 (count, 3, size, size)) for one prompt and one canny map (H, W)."""
     import numpy as np
     import torch
@@ -122,10 +130,13 @@ def generate_class(pipe, prompt: str, edges, count: int, size: int, seed: int, o
         ).images
         imgs = result.float().cpu().clamp(0, 1)
         if imgs.shape[-1] != size:
-            imgs = F.interpolate(imgs, size=(size, size), mode="area" if imgs.shape[-1] > size else "bicubic")
+            imgs = F.interpolate(
+                imgs, size=(size, size), mode="area" if imgs.shape[-1] > size else "bicubic"
+            )
         out[start : start + n] = (imgs.clamp(0, 1) * 255).round().to(torch.uint8)
     return out
 
 
 def pipeline_facts(pipe) -> dict[str, Any]:
-    return {"scheduler": type(pipe.scheduler).__name__, "dtype": str(pipe.unet.dtype), "unet_config": json.loads(json.dumps(dict(pipe.unet.config), default=str)).get("_name_or_path", "")}
+    """What generated the images beyond the recipe: the scheduler class and the precision."""
+    return {"scheduler": type(pipe.scheduler).__name__, "dtype": str(pipe.unet.dtype)}
