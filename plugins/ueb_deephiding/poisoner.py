@@ -32,7 +32,18 @@ class DeepHidingParams:
     mode: Literal["class", "sample"] = "class"
     hidden: Literal["sig", "next-class", "natural"] = "sig"
     per_class: int = 100  # semantic images per class (paper Sec. IV-A2)
-    sig_backend: str = "offline"
+    # semantic-image generation (hidden="sig"); docs/sig.md. The folders are local, nothing
+    # is downloaded; the diffusion settings apply to sig_backend="diffusers" only.
+    sig_backend: Literal["offline", "diffusers"] = "offline"
+    sig_sd_dir: str = ""  # Stable Diffusion 1.x, diffusers layout
+    sig_controlnet_dir: str = ""  # canny ControlNet
+    sig_text_encoder_dir: str = ""  # CLIP text model for TPC; "" = the offline MiniLM encoder
+    sig_prompts: str = ""  # caption corpus; "" = the built-in one
+    sig_steps: int = 20
+    sig_guidance_scale: float = 7.5
+    sig_conditioning_scale: float = 1.0
+    sig_gen_size: int = 512
+    sig_batch_size: int = 8
     natural_dataset: str = "cifar100"
     restriction: Literal["strict", "soft"] = "strict"
     eps: float = 8 / 255
@@ -96,6 +107,13 @@ class DeepHiding(Poisoner):
     def report(self) -> dict[str, Any]:
         return dict(self._report)
 
+    def preflight(self) -> None:
+        """The SIG bank's local inputs (weight folders, corpus) exist and look complete."""
+        if self.params.hidden == "sig":
+            from ueb_deephiding.hidden import SigSettings
+
+            SigSettings.from_params(self.params, self.name).check()
+
     def poison(self, train: ImageSet, ctx: RunContext) -> torch.Tensor:
         from ueb.training import resolve_device
         from ueb_deephiding.metrics import psnr
@@ -146,12 +164,12 @@ class DeepHiding(Poisoner):
         """The trained hider (from the cache or trained now), the hidden groups, and facts."""
         from ueb.training import resolve_device
         from ueb_deephiding.extractor import load_extractor
-        from ueb_deephiding.hidden import load_groups
+        from ueb_deephiding.hidden import SigSettings, load_groups
         from ueb_deephiding.training import load_hider, train_hider
 
         p = self.params
         device = resolve_device(ctx.device)
-        groups = load_groups(ctx, train, p.hidden, p.per_class, backend=p.sig_backend, dataset=p.natural_dataset, seed=p.hider_seed)
+        groups = load_groups(ctx, train, p.hidden, p.per_class, sig_settings=SigSettings.from_params(p, self.name), dataset=p.natural_dataset, seed=p.hider_seed)
         cfg = self.hider_config()
         ext = self.extractor_recipe(train, ctx)
         recipe = {
