@@ -26,15 +26,44 @@ def fixed_records() -> list[CellRecord]:
         ("clean", "vanilla"): [94.59, 94.41],
         ("clean", "jpeg10"): [85.22, 85.0],
         ("deephiding", "vanilla"): [10.08, 10.5],
-        ("deephiding", "jpeg10"): [83.98, 84.2],
+        ("deephiding", "jpeg10"): [84.98, 85.4],
         ("em", "vanilla"): [10.1, 10.3],
     }
     i = 0
     for (p, c), values in acc.items():
         for seed, a in enumerate(values):
-            recs.append(CellRecord(f"id{i}", i, "cifar10", p, c, "resnet18", seed, status="ok", final_acc=a, peak_acc=a + 1))
+            probe = (
+                {
+                    "target_rate": 0.9,
+                    "train_acc": 99.0,
+                    "latched": seed == 0,
+                    "threshold": 0.5,
+                    "pairs": 10,
+                }
+                if p == "em"
+                else {}
+            )
+            recs.append(
+                CellRecord(
+                    f"id{i}",
+                    i,
+                    "cifar10",
+                    p,
+                    c,
+                    "resnet18",
+                    seed,
+                    status="ok",
+                    final_acc=a,
+                    peak_acc=a + 1,
+                    probe=probe,
+                )
+            )
             i += 1
-    recs.append(CellRecord(f"id{i}", i, "cifar10", "em", "jpeg10", "resnet18", 0, status="error", error="boom"))
+    recs.append(
+        CellRecord(
+            f"id{i}", i, "cifar10", "em", "jpeg10", "resnet18", 0, status="error", error="boom"
+        )
+    )
     return recs
 
 
@@ -52,9 +81,9 @@ def test_markdown_report_matches_the_golden_file():
 def test_mean_and_max_are_over_countermeasures_per_seed():
     table = build_table(fixed_records(), "final", CONFIG)
     dh = next(r for r in table.rows if r.poisoner == "deephiding")
-    per_seed_means = [(10.08 + 83.98) / 2, (10.5 + 84.2) / 2]
+    per_seed_means = [(10.08 + 84.98) / 2, (10.5 + 85.4) / 2]
     assert dh.mean.mean == pytest.approx(sum(per_seed_means) / 2)
-    assert dh.max.mean == pytest.approx((83.98 + 84.2) / 2)
+    assert dh.max.mean == pytest.approx((84.98 + 85.4) / 2)
     em = next(r for r in table.rows if r.poisoner == "em")
     assert em.cells["jpeg10"].text() == "err" and em.mean.incomplete
     assert [r.poisoner for r in table.rows] == ["clean", "deephiding", "em"]
@@ -65,7 +94,10 @@ def test_pivot_by_victim_gives_one_column_per_architecture():
 
     from ueb.report import pivot_by_victim
 
-    recs = fixed_records() + [replace(r, cell_id=r.cell_id + "v", victim="vgg19", final_acc=(r.final_acc or 0) + 1) for r in fixed_records()]
+    recs = fixed_records() + [
+        replace(r, cell_id=r.cell_id + "v", victim="vgg19", final_acc=(r.final_acc or 0) + 1)
+        for r in fixed_records()
+    ]
     table = pivot_by_victim(recs, "vanilla", "final", {"victims": ["resnet18", "vgg19"]})
     assert table.columns == ["resnet18", "vgg19"]
     dh = next(r for r in table.rows if r.poisoner == "deephiding")
@@ -75,7 +107,8 @@ def test_pivot_by_victim_gives_one_column_per_architecture():
 
 def test_other_formats_render_every_row():
     table = build_table(fixed_records(), "peak", CONFIG)
-    assert to_csv(table).count("\n") == 4
+    # The header, then one line per row and column (Mean and Max too).
+    assert to_csv(table).count("\n") == 1 + 3 * 4
     assert "\\pm" in to_latex(table) and "\\bottomrule" in to_latex(table)
     assert '"poisoner": "deephiding"' in to_json(table)
 
@@ -97,12 +130,18 @@ def test_store_writes_strict_json_that_sqlite_can_query(tmp_path):
     import sqlite3
 
     record = fixed_records()[0]
-    record.poison_facts = {"psnr_db": math.inf, "scores": [1.0, math.nan], "nested": {"x": -math.inf}}
+    record.poison_facts = {
+        "psnr_db": math.inf,
+        "scores": [1.0, math.nan],
+        "nested": {"x": -math.inf},
+    }
     store = Store(tmp_path)
     store.put(record)
     store.close()
     with sqlite3.connect(tmp_path / "results.sqlite") as db:
-        row = db.execute("SELECT json_extract(poison_facts, '$.psnr_db'), json_extract(poison_facts, '$.nested.x'), json_extract(poison_facts, '$.scores[0]') FROM cells").fetchone()
+        row = db.execute(
+            "SELECT json_extract(poison_facts, '$.psnr_db'), json_extract(poison_facts, '$.nested.x'), json_extract(poison_facts, '$.scores[0]') FROM cells"
+        ).fetchone()
     assert row == (None, None, 1.0)
     assert Store.open_existing(tmp_path).records()[0].poison_facts["scores"] == [1.0, None]
 
@@ -112,10 +151,16 @@ def test_store_writes_strict_json_that_sqlite_can_query(tmp_path):
 
 def test_embedded_fashion_mnist_is_real_rgb_32():
     splits = get_registry().create("dataset", "fashion-mnist").load(None)
-    assert splits.train.images.shape == (10_000, 3, 32, 32) and splits.test.images.shape == (2_000, 3, 32, 32)
+    assert splits.train.images.shape == (10_000, 3, 32, 32) and splits.test.images.shape == (
+        2_000,
+        3,
+        32,
+        32,
+    )
     assert torch.equal(splits.train.labels.bincount(), torch.full((10,), 1000))
     x = splits.train.images
-    assert torch.equal(x[:, 0], x[:, 1]) and int(x[:, :, :2].max()) == 0  # grey replicated, 2-px border
+    # Grey replicated to three channels, a 2-px border.
+    assert torch.equal(x[:, 0], x[:, 1]) and int(x[:, :, :2].max()) == 0
     assert float(x.float().std()) > 50  # real images, not a blank array
 
 
@@ -152,7 +197,9 @@ def test_imagenet_subset_folder_loader(tmp_path):
             d = tmp_path / split / cls
             d.mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(d / f"{i:03d}.JPEG")
+                Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(
+                    d / f"{i:03d}.JPEG"
+                )
     ds = get_registry().create("dataset", "imagenet-subset", {"num_classes": 2, "size": 32})
     s = ds.load(tmp_path)
     assert s.train.images.shape == (4, 3, 32, 32)  # 20% of 10 images, 2 classes

@@ -1,9 +1,13 @@
 """Regression on numbers: a baseline is a JSON list of cells with their accuracy and provenance.
 
-A cell is keyed by (dataset, poisoner, countermeasure, victim, seed, poison fraction). A baseline
-entry with `"seed": null` (the paper's tables, which give no seeds) matches a run cell of any
-seed. `compare` lists every cell whose final accuracy moved by more than the tolerance (in
-accuracy points), cells the run failed, and cells present on one side only.
+An entry is keyed by (dataset, poisoner, countermeasure, victim, seed, poison fraction). An entry
+with `"seed": null` (the paper's tables, which give no seeds) matches a run cell of any seed.
+
+`compare` works per cell (the key without the seed): the run's mean over its seeds against the
+baseline's mean over its entries, allowed to differ by max(tolerance, k·sqrt(s_run²/n_run +
+s_base²/n_base)), so several seeds widen the tolerance by their own spread and never narrow it.
+It lists the cells that moved, cells the run failed, entries on one side only, and how many of
+the baseline's cells the run covered: a check that compared nothing cannot pass.
 
 Pure Python: no torch, so `ueb check` starts fast and runs in CI without a model.
 """
@@ -11,6 +15,8 @@ Pure Python: no torch, so `ueb check` starts fast and runs in CI without a model
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,7 +48,14 @@ class Entry:
 
     @property
     def key(self) -> Key:
-        return (self.dataset, self.poisoner, self.countermeasure, self.victim, self.seed, round(self.fraction, 6))
+        return (
+            self.dataset,
+            self.poisoner,
+            self.countermeasure,
+            self.victim,
+            self.seed,
+            round(self.fraction, 6),
+        )
 
     def label(self) -> str:
         seed = "any seed" if self.seed is None else f"seed {self.seed}"
@@ -69,11 +82,16 @@ def resolve_path(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if p.exists():
         return p
-    for folder in (DEFAULT_DIR, Path(__file__).resolve().parents[2] / DEFAULT_DIR):  # cwd, then the source tree
+    for folder in (
+        DEFAULT_DIR,
+        Path(__file__).resolve().parents[2] / DEFAULT_DIR,
+    ):  # cwd, then the source tree
         candidate = folder / f"{name_or_path}.json"
         if candidate.exists():
             return candidate
-    raise ConfigError(f"baseline '{name_or_path}' not found", f"pass a .json path or a name from {DEFAULT_DIR}/")
+    raise ConfigError(
+        f"baseline '{name_or_path}' not found", f"pass a .json path or a name from {DEFAULT_DIR}/"
+    )
 
 
 def load(name_or_path: str | Path) -> Baseline:
@@ -81,16 +99,29 @@ def load(name_or_path: str | Path) -> Baseline:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"baseline {path} is not readable JSON ({exc})", "regenerate it with `ueb baseline accept`") from exc
+        raise ConfigError(
+            f"baseline {path} is not readable JSON ({exc})",
+            "regenerate it with `ueb baseline accept`",
+        ) from exc
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
-        raise ConfigError(f"baseline {path} has no 'cells' list", "regenerate it with `ueb baseline accept`")
+        raise ConfigError(
+            f"baseline {path} has no 'cells' list", "regenerate it with `ueb baseline accept`"
+        )
     if data.get("schema", SCHEMA) > SCHEMA:
-        raise ConfigError(f"baseline {path} has schema {data['schema']}, newer than this ueb ({SCHEMA})", "upgrade ueb")
+        raise ConfigError(
+            f"baseline {path} has schema {data['schema']}, newer than this ueb ({SCHEMA})",
+            "upgrade ueb",
+        )
     cells = []
     for i, c in enumerate(data["cells"]):
-        missing = [k for k in ("dataset", "poisoner", "countermeasure", "victim", "accuracy") if k not in c]
+        missing = [
+            k for k in ("dataset", "poisoner", "countermeasure", "victim", "accuracy") if k not in c
+        ]
         if missing:
-            raise ConfigError(f"baseline {path}: cell {i} lacks {', '.join(missing)}", "each cell needs dataset, poisoner, countermeasure, victim and accuracy")
+            raise ConfigError(
+                f"baseline {path}: cell {i} lacks {', '.join(missing)}",
+                "each cell needs dataset, poisoner, countermeasure, victim and accuracy",
+            )
         cells.append(
             Entry(
                 dataset=str(c["dataset"]),
@@ -136,7 +167,10 @@ def dumps(b: Baseline) -> str:
         "provenance": b.provenance,
         **b.extra,
     }
-    parts = [f"  {json.dumps(k)}: {json.dumps(v, indent=2, default=str).replace(chr(10), chr(10) + '  ')}" for k, v in head.items()]
+    parts = [
+        f"  {json.dumps(k)}: {json.dumps(v, indent=2, default=str).replace(chr(10), chr(10) + '  ')}"
+        for k, v in head.items()
+    ]
     cells = ",\n".join(f"    {json.dumps(_cell_json(e))}" for e in b.cells)
     return "{\n" + ",\n".join(parts) + ',\n  "cells": [\n' + cells + "\n  ]\n}\n"
 
@@ -149,7 +183,9 @@ def save(b: Baseline, path: Path) -> Path:
         tmp.write_text(dumps(b))
         tmp.replace(path)
     except OSError as exc:
-        raise UebError(f"cannot write baseline {path} ({exc.strerror})", "choose another --out folder") from exc
+        raise UebError(
+            f"cannot write baseline {path} ({exc.strerror})", "choose another --out folder"
+        ) from exc
     return path
 
 
@@ -174,7 +210,9 @@ def entry_of(record: CellRecord, metric: str = "final_acc") -> Entry:
     )
 
 
-def provenance(manifest: dict[str, Any], records: Sequence[CellRecord], run_dir: Path) -> dict[str, Any]:
+def provenance(
+    manifest: dict[str, Any], records: Sequence[CellRecord], run_dir: Path
+) -> dict[str, Any]:
     """Where the numbers come from: device, versions, profile, git commit, dates."""
     env = manifest.get("environment") or {}
     config = manifest.get("config") or {}
@@ -202,11 +240,27 @@ def provenance(manifest: dict[str, Any], records: Sequence[CellRecord], run_dir:
 
 
 def from_run(
-    name: str, records: Sequence[CellRecord], manifest: dict[str, Any], run_dir: Path, tolerance: float = DEFAULT_TOLERANCE
+    name: str,
+    records: Sequence[CellRecord],
+    manifest: dict[str, Any],
+    run_dir: Path,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> Baseline:
     if not records:
         raise UebError(f"run {run_dir} has no cells", "run the matrix first")
-    cells = sorted((entry_of(r) for r in records), key=lambda e: (e.key[:4], e.seed or 0, -e.fraction))
+    configs: dict[Key, set[str]] = {}
+    for r in records:
+        configs.setdefault(entry_of(r).key, set()).add(_digest(r))
+    mixed = [key for key, digests in configs.items() if len(digests) > 1]
+    if mixed:
+        example = Entry(*mixed[0][:4], mixed[0][4], mixed[0][5], None).label()
+        raise UebError(
+            f"run {run_dir} holds {len(mixed)} cells in more than one configuration (e.g. {example})",
+            "accept a run directory written by one configuration",
+        )
+    cells = sorted(
+        (entry_of(r) for r in records), key=lambda e: (e.key[:4], e.seed or 0, -e.fraction)
+    )
     return Baseline(
         name=name,
         cells=cells,
@@ -218,61 +272,204 @@ def from_run(
 
 # --------------------------------------------------------------------------- comparison
 
+NOISE_K = 2.0  # multiple of the standard error of the difference a cell may move by
+DEFAULT_MIN_COVERAGE = 1.0  # share of the baseline's cells a passing check must have compared
+
+CellKey = tuple[str, str, str, str, float]  # dataset, poisoner, countermeasure, victim, fraction
+
+
+def _cell_key(key: Key) -> CellKey:
+    return (key[0], key[1], key[2], key[3], key[5])
+
 
 @dataclass
 class Moved:
-    entry: Entry  # the baseline entry
-    seed: int
-    run_value: float | None  # None: the run's cell failed
+    entry: Entry  # a baseline entry of the cell (label, source, versions)
+    seeds: list[int]  # the run's seeds of the cell
+    run_value: float | None  # the run's seed mean; None: a seed of the cell failed
     delta: float | None
     note: str = ""
+    run_std: float | None = None
+    run_n: int = 0
+    base_value: float | None = None  # the baseline's mean over its entries of the cell
+    base_n: int = 0
+    allowed: float = 0.0  # the tolerance this cell was held to
+    config: str = ""  # the run's config digest, when the cell holds several
+
+    def label(self) -> str:
+        seeds = ", ".join(map(str, self.seeds))
+        cfg = f" ⟨cfg {self.config[:6]}⟩" if self.config else ""
+        return (
+            self.entry.label().rsplit(" | ", 1)[0]
+            + f" | seed{'s' if len(self.seeds) > 1 else ''} {seeds}"
+            + cfg
+        )
 
 
 @dataclass
 class Comparison:
     tolerance: float
     moved: list[Moved]
-    within: int
+    within: int  # cells within their tolerance
     missing_in_run: list[Entry]
     missing_in_baseline: list[Entry]
+    compared: int = 0  # baseline cells the run has (any seed)
+    baseline_cells: int = 0
+    k: float = NOISE_K
+    seedless: bool = False  # some baseline values carry no seed (one value per cell)
 
     @property
     def ok(self) -> bool:
         return not self.moved
 
+    @property
+    def coverage(self) -> float:
+        return self.compared / self.baseline_cells if self.baseline_cells else 0.0
+
+    def coverage_line(self) -> str:
+        return f"compared {self.compared} of {self.baseline_cells} baseline cells ({self.coverage:.0%})"
+
+    def rule(self) -> str:
+        text = (
+            f"a cell passes when |run mean - baseline mean| <= max({self.tolerance:g} points, "
+            f"{self.k:g} x sqrt(s_run^2/n_run + s_base^2/n_base)), s = sample std over seeds; "
+            "a side with one seed takes the other side's s, one seed on both sides: the tolerance alone"
+        )
+        return text + ("; a seedless baseline value counts as one seed" if self.seedless else "")
+
 
 def _version_note(base: Entry, run: Entry) -> str:
-    changed = [f"{k} v{base.versions[k]}->v{run.versions.get(k)}" for k in base.versions if run.versions.get(k) not in (None, base.versions[k])]
+    changed = [
+        f"{k} v{base.versions[k]}->v{run.versions.get(k)}"
+        for k in base.versions
+        if run.versions.get(k) not in (None, base.versions[k])
+    ]
     return "version changed: " + ", ".join(changed) if changed else ""
 
 
-def compare(records: Sequence[CellRecord], baseline: Baseline, tolerance: float | None = None) -> Comparison:
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def allowed_delta(tolerance: float, k: float, run: Sequence[float], base: Sequence[float]) -> float:
+    """max(tolerance, k·sqrt(s_r²/n_r + s_b²/n_b)); a side with one value borrows the other
+    side's std (both measure the same seed noise); with one value on each side: the tolerance."""
+    s_r = statistics.stdev(run) if len(run) > 1 else None
+    s_b = statistics.stdev(base) if len(base) > 1 else None
+    if s_r is None and s_b is None:
+        return tolerance
+    s_r = s_b if s_r is None else s_r
+    s_b = s_r if s_b is None else s_b
+    assert s_r is not None and s_b is not None
+    return max(tolerance, k * math.sqrt(s_r**2 / len(run) + s_b**2 / len(base)))
+
+
+def _digest(r: CellRecord) -> str:
+    return r.config_digest or ""
+
+
+def compare(
+    records: Sequence[CellRecord],
+    baseline: Baseline,
+    tolerance: float | None = None,
+    k: float = NOISE_K,
+) -> Comparison:
+    """Compare the run's seed mean of every cell with the baseline's (see `Comparison.rule`).
+
+    Records of different `config_digest` are never pooled: each configuration of a cell is
+    compared on its own. A cell that failed at any seed counts as moved."""
     tol = baseline.tolerance if tolerance is None else float(tolerance)
     if tol < 0:
-        raise ConfigError(f"tolerance {tol} is negative", "give accuracy points, e.g. --tolerance 2")
+        raise ConfigError(
+            f"tolerance {tol} is negative", "give accuracy points, e.g. --tolerance 2"
+        )
+    if k < 0:
+        raise ConfigError(f"spread multiple {k} is negative", "give e.g. --spread-k 2")
     exact: dict[Key, Entry] = {}
     any_seed: dict[Key, Entry] = {}
+    by_cell: dict[CellKey, list[Entry]] = {}
     for e in baseline.cells:
         (any_seed if e.seed is None else exact)[e.key] = e
+        by_cell.setdefault(_cell_key(e.key), []).append(e)
     used: set[Key] = set()
-    moved, within, extra = [], 0, []
+    extra: list[Entry] = []
+    groups: dict[tuple[CellKey, str], list[tuple[CellRecord, Entry]]] = {}
     for r in sorted(records, key=lambda r: (r.ordinal, r.cell_id)):
         run = entry_of(r, baseline.metric)
         base = exact.get(run.key) or any_seed.get((*run.key[:4], None, run.key[5]))
         if base is None:
             extra.append(run)
-            continue
-        used.add(base.key)
-        if base.accuracy is None:  # the baseline recorded a failure; a number now is news, not a regression
+        else:
+            used.add(base.key)
+        if _cell_key(run.key) in by_cell:
+            groups.setdefault((_cell_key(run.key), _digest(r)), []).append((r, run))
+    digests_per_cell: dict[CellKey, set[str]] = {}
+    for cell, digest in groups:
+        digests_per_cell.setdefault(cell, set()).add(digest)
+    moved, within = [], 0
+    for (cell, digest), members in groups.items():
+        entries = by_cell[cell]
+        first = entries[0]
+        seeds = sorted({r.seed for r, _ in members})
+        config = digest if len(digests_per_cell[cell]) > 1 else None
+        base_values = [e.accuracy for e in entries if e.accuracy is not None]
+        failed = [r for r, run in members if run.accuracy is None]
+        values = [run.accuracy for _, run in members if run.accuracy is not None]
+        common = {
+            "config": "" if config is None else (config or "none"),
+            "base_n": len(base_values),
+        }
+        if (
+            not base_values
+        ):  # the baseline recorded a failure; a number now is news, not a regression
             within += 1
             continue
-        if run.accuracy is None:
-            moved.append(Moved(base, r.seed, None, None, f"cell failed: {r.error or r.status}"))
+        base_mean = statistics.fmean(base_values)
+        if failed:
+            why = "; ".join(f"seed {r.seed}: {r.error or r.status}" for r in failed[:2])
+            moved.append(
+                Moved(
+                    first,
+                    seeds,
+                    None,
+                    None,
+                    f"cell failed ({why})",
+                    base_value=base_mean,
+                    allowed=tol,
+                    **common,
+                )
+            )
             continue
-        delta = run.accuracy - base.accuracy
-        if abs(delta) > tol + 1e-9:
-            moved.append(Moved(base, r.seed, run.accuracy, delta, _version_note(base, run)))
+        run_mean, run_std = _mean_std(values)
+        allowed = allowed_delta(tol, k, values, base_values)
+        delta = run_mean - base_mean
+        if abs(delta) > allowed + 1e-9:
+            note = _version_note(first, members[0][1])
+            moved.append(
+                Moved(
+                    first,
+                    seeds,
+                    run_mean,
+                    delta,
+                    note,
+                    run_std,
+                    len(values),
+                    base_mean,
+                    allowed=allowed,
+                    **common,
+                )
+            )
         else:
             within += 1
     missing = [e for e in baseline.cells if e.key not in used]
-    return Comparison(tol, moved, within, missing, extra)
+    return Comparison(
+        tol,
+        moved,
+        within,
+        missing,
+        extra,
+        compared=len(digests_per_cell),
+        baseline_cells=len(by_cell),
+        k=k,
+        seedless=bool(any_seed),
+    )

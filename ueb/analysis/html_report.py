@@ -12,7 +12,7 @@ from typing import Any
 
 from ueb.analysis.figures import FigureOut, FigureSet
 from ueb.analysis.rundata import RunData
-from ueb.report import ReportTable
+from ueb.report import SUMMARIES, ReportTable, Value
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1500px;
@@ -34,6 +34,8 @@ dl.manifest { display: grid; grid-template-columns: max-content auto; gap: 0.2em
 dl.manifest dt { font-weight: 600; } dl.manifest dd { margin: 0; }
 pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 ul.notes { font-size: 0.85em; color: #8a5a00; }
+ul.tablenotes { font-size: 0.8em; color: #555; }
+table.results span.n { font-size: 0.8em; color: #777; white-space: nowrap; }
 """
 
 
@@ -41,25 +43,32 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
+def _value_html(v: Value) -> str:
+    """The number, then the seed count and markers in smaller type; the 95% CI as a tooltip."""
+    detail = v.detail()
+    tip = f' title="95% t-interval: ± {v.ci95:.2f}"' if v.ci95 is not None else ""
+    small = f' <span class="n">{_e(detail)}</span>' if detail else ""
+    return f"<span{tip}>{_e(v.main())}</span>{small}"
+
+
 def table_html(table: ReportTable) -> str:
     """The Table I layout: a row per (dataset, victim, poisoner), a column per countermeasure.
 
     In each countermeasure column (within a dataset and victim) the lowest accuracy among the
     poisoned rows is bold and the second lowest underlined, the paper's marking of the best
-    protections.
+    protections. Every value carries its spread and seed count (see the notes under the table).
     """
-    head = ["Dataset", "Victim", "Poisoner", *table.columns, "Mean", "Max"]
+    head = ["Dataset", table.row_axis, "Poisoner", *table.value_columns]
     marks: dict[tuple[int, str], str] = {}
     groups: dict[tuple[str, str], list[int]] = {}
     for i, r in enumerate(table.rows):
-        if r.poisoner != "clean":
+        if not r.is_clean:
             groups.setdefault((r.dataset, r.victim), []).append(i)
     for members in groups.values():
-        for col in [*table.columns, "Mean", "Max"]:
+        for col in table.value_columns:
             vals = []
             for i in members:
-                r = table.rows[i]
-                v = r.mean if col == "Mean" else r.max if col == "Max" else r.cells[col]
+                v = table.rows[i].value(col)
                 if v.mean is not None:
                     vals.append((round(v.mean, 2), i))
             ranked = sorted(set(m for m, _ in vals))
@@ -68,23 +77,38 @@ def table_html(table: ReportTable) -> str:
                     marks[(i, col)] = "best"
                 elif len(ranked) > 2 and m == ranked[1]:
                     marks[(i, col)] = "second"
-    lines = ['<table class="results">', "<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead>", "<tbody>"]
+    lines = [
+        '<table class="results">',
+        "<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead>",
+        "<tbody>",
+    ]
     last = None
     for i, r in enumerate(table.rows):
         classes = []
-        if r.poisoner == "clean":
+        if r.is_clean:
             classes.append("clean")
         if last is not None and r.dataset != last:
             classes.append("newdataset")
         last = r.dataset
-        cells = [f"<td>{_e(r.dataset)}</td>", f"<td>{_e(r.victim)}</td>", f"<td>{_e(r.poisoner)}</td>"]
-        for col in [*table.columns, "Mean", "Max"]:
-            v = r.mean if col == "Mean" else r.max if col == "Max" else r.cells[col]
-            cls = " ".join(c for c in ("num", marks.get((i, col), ""), "summary" if col in ("Mean", "Max") else "") if c)
-            cells.append(f'<td class="{cls}">{_e(v.text())}</td>')
+        cells = [
+            f"<td>{_e(r.dataset)}</td>",
+            f"<td>{_e(r.victim)}</td>",
+            f"<td>{_e(r.poisoner)}</td>",
+        ]
+        for col in table.value_columns:
+            cls = " ".join(
+                c
+                for c in ("num", marks.get((i, col), ""), "summary" if col in SUMMARIES else "")
+                if c
+            )
+            cells.append(f'<td class="{cls}">{_value_html(r.value(col))}</td>')
         lines.append(f'<tr class="{" ".join(classes)}">' + "".join(cells) + "</tr>")
     lines += ["</tbody>", "</table>"]
-    lines += [f'<p class="sub">{_e(n)}; bold / underline: lowest / second-lowest accuracy of a poisoned row in that column.</p>' for n in table.notes]
+    lines += ['<ul class="tablenotes">', *(f"<li>{_e(n)}</li>" for n in table.notes)]
+    lines += [
+        "<li>bold / underline: lowest / second-lowest mean accuracy of a poisoned row in that column</li>",
+        "</ul>",
+    ]
     return "\n".join(lines)
 
 
@@ -124,15 +148,29 @@ def manifest_html(manifest: dict[str, Any]) -> str:
             '<h3>Plugins</h3><table class="results"><thead><tr><th>plugin</th><th>distribution</th><th>version</th>'
             f"<th>status</th></tr></thead><tbody>{plugin_rows}</tbody></table>"
         )
-    parts.append(f"<h3>Configuration</h3><pre>{_e(json.dumps(config, indent=2, default=str))}</pre>")
+    parts.append(
+        f"<h3>Configuration</h3><pre>{_e(json.dumps(config, indent=2, default=str))}</pre>"
+    )
     return "\n".join(parts)
 
 
 SECTIONS = (
     ("heatmap", "Heatmaps", "Test accuracy of each cell (poisoner x countermeasure) as colour."),
-    ("perturbations", "Unlearnable examples", "Clean images, unlearnable examples and |perturbation| normalised to [0, 1] per image (the paper's Fig. 5)."),
-    ("tsne", "t-SNE of features", "Features of a victim trained on the poison, on clean images and on the perturbations alone (the paper's Fig. 4)."),
-    ("gradcam", "Grad-CAM", "Where victims trained on the poison look when they classify unlearnable examples (the paper's Fig. 3)."),
+    (
+        "perturbations",
+        "Unlearnable examples",
+        "Clean images, unlearnable examples and |perturbation| normalised to [0, 1] per image (the paper's Fig. 5).",
+    ),
+    (
+        "tsne",
+        "t-SNE of features",
+        "Features of a victim trained on the poison, on clean images and on the perturbations alone (the paper's Fig. 4).",
+    ),
+    (
+        "gradcam",
+        "Grad-CAM",
+        "Where victims trained on the poison look when they classify unlearnable examples (the paper's Fig. 3).",
+    ),
 )
 
 
@@ -150,13 +188,25 @@ def render(run: RunData, table: ReportTable, figures: FigureSet) -> str:
     for kind, heading, blurb in SECTIONS:
         figs = figures.of(kind)
         if figs:
-            body += [f'<h2 id="{kind}">{_e(heading)}</h2>', f'<p class="sub">{_e(blurb)}</p>', *(figure_html(f) for f in figs)]
+            body += [
+                f'<h2 id="{kind}">{_e(heading)}</h2>',
+                f'<p class="sub">{_e(blurb)}</p>',
+                *(figure_html(f) for f in figs),
+            ]
     if figures.notes:
-        body += ["<h2>Figures not drawn</h2>", '<ul class="notes">', *(f"<li>{_e(n)}</li>" for n in figures.notes), "</ul>"]
+        body += [
+            "<h2>Figures not drawn</h2>",
+            '<ul class="notes">',
+            *(f"<li>{_e(n)}</li>" for n in figures.notes),
+            "</ul>",
+        ]
     failed = [r for r in run.records if r.status == "error"]
     if failed:
         body += ["<h2>Failed cells</h2>", '<ul class="notes">']
-        body += [f"<li>{_e(f'{r.dataset} / {r.poisoner} / {r.countermeasure} / {r.victim} / seed {r.seed}: {r.error}')}</li>" for r in failed]
+        body += [
+            f"<li>{_e(f'{r.dataset} / {r.poisoner} / {r.countermeasure} / {r.victim} / seed {r.seed}: {r.error}')}</li>"
+            for r in failed
+        ]
         body.append("</ul>")
     body += ["<h2>Manifest</h2>", manifest_html(run.manifest)]
     return (
