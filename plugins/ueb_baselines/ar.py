@@ -10,12 +10,17 @@ columns are cropped and the result scaled to L2 = 1. Each image draws a fresh st
 noise differs within a class while the class's process (a linear recurrence its own filter
 annihilates) stays the same. No surrogate.
 
-The coefficients come from the official greedy search: sample processes, drop those whose three
-trial signals are not finite or exceed an L2 norm of 50 before scaling, and keep one only if
-every filter kept so far responds to its signal with at least `required_nm_response` (sum of
-ReLU of the filter's convolution). The search is seeded from the run's seed, cached as an
-artifact and stored with the poison (`report()["ar_coefficients"]`). Sources, settings and the
-guards against NaN/blank processes: docs/poisoners-surrogate-free.md.
+By default (`coefficients="published"`) a 10- or 100-class RGB set uses the coefficient set the
+official repository published for that class count (`params-classes-10-mr-10.pt` for CIFAR-10,
+SVHN and STL-10; `params-classes-100-mr-3.pt` for CIFAR-100), shipped in `ar_published.json`:
+these are the processes the AR poisons of the paper's tables were made with. Any other class
+or channel count, or `coefficients="searched"`, runs the official greedy search instead: sample
+processes, drop those whose three trial signals are not finite or exceed an L2 norm of 50 before
+scaling, and keep one only if every filter kept so far responds to its signal with at least
+`required_nm_response` (sum of ReLU of the filter's convolution). The search is seeded from the
+run's seed and cached as an artifact. Either way the coefficients and where they came from are
+stored with the poison (`report()["ar_coefficients"]`, `"ar_coefficient_source"`). Sources,
+settings and the guards against NaN/blank processes: docs/poisoners-surrogate-free.md.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import functools
 import json
 import math
 from dataclasses import dataclass
+from importlib import resources
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +39,7 @@ from ueb.errors import UebError
 from ueb.imageset import ImageSet
 from ueb.interfaces import Budget, Poisoner, RunContext
 
+PUBLISHED_FILE = "ar_published.json"  # the official repository's coefficient sets, as data
 SEARCH_BATCH = 256  # candidate processes drawn at once; part of the search's definition
 _CHUNK = 4096  # perturbations generated at once
 
@@ -258,18 +266,54 @@ def search_coefficients(
     return SearchResult(torch.stack(kept), lowest, drawn)
 
 
+# --------------------------------------------------------------------------- published sets
+
+
+@dataclass(frozen=True)
+class PublishedSet:
+    coefficients: torch.Tensor  # (K, 3, 3, 3)
+    file: str  # the official file it was read from
+    required_nm_response: float
+
+
+@functools.cache
+def _published_table() -> dict[str, object]:
+    path = resources.files("ueb_baselines") / PUBLISHED_FILE
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def published_classes() -> tuple[int, ...]:
+    """Class counts with a published coefficient set (10 and 100)."""
+    sets = _published_table()["sets"]
+    assert isinstance(sets, dict)
+    return tuple(sorted(int(k) for k in sets))
+
+
+def published_set(num_classes: int) -> PublishedSet | None:
+    """The official coefficient set for `num_classes` RGB classes, or None if none was published."""
+    sets = _published_table()["sets"]
+    assert isinstance(sets, dict)
+    entry = sets.get(str(num_classes))
+    if entry is None:
+        return None
+    coefs = torch.tensor(entry["coefficients"], dtype=torch.float32)
+    return PublishedSet(coefs, str(entry["file"]), float(entry["required_nm_response"]))
+
+
 # --------------------------------------------------------------------------- the poisoner
 
 
 class AutoregressivePerturbations(Poisoner):
-    """One AR process per class (searched, seeded); a fresh start per image; L2 1.0."""
+    """One AR process per class (published set, else searched); a fresh start per image; L2 1.0."""
 
-    version = "1"
+    version = "2"  # 2: the published coefficient sets by default for 10 and 100 classes
 
     @dataclass(frozen=True)
     class Params:
         eps: float = 1.0  # L2 norm of every perturbation (official --epsilon 1.0 --p_norm 2)
         crop: int = 4  # generated at (H + crop, W + crop), first `crop` rows/columns dropped
+        # published: the official set for 10 / 100 RGB classes (search for other counts)
+        coefficients: Literal["published", "searched"] = "published"
         # None: 10 up to 10 classes, else 3 (the official coefficient sets)
         required_nm_response: float | None = None
         num_samples: int = 1_000_000  # most candidate processes the search may draw
@@ -305,6 +349,26 @@ class AutoregressivePerturbations(Poisoner):
         return 10.0 if num_classes <= 10 else 3.0
 
     def coefficients(
+        self, num_classes: int, channels: int, ctx: RunContext
+    ) -> tuple[torch.Tensor, dict[str, object]]:
+        """The coefficients (K, C, 3, 3): the published set when there is one, else searched."""
+        if self.params.coefficients == "published":
+            published = published_set(num_classes) if channels == 3 else None
+            if published is not None:
+                return published.coefficients, {
+                    "ar_coefficient_source": f"published: {published.file}",
+                    "ar_required_nm_response": published.required_nm_response,
+                }
+            why = (
+                f"searched: no published AR set for {num_classes} classes with {channels} "
+                f"channels (published: {', '.join(map(str, published_classes()))} RGB classes)"
+            )
+            coefs, facts = self.searched_coefficients(num_classes, channels, ctx)
+            return coefs, {"ar_coefficient_source": why, **facts}
+        coefs, facts = self.searched_coefficients(num_classes, channels, ctx)
+        return coefs, {"ar_coefficient_source": "searched", **facts}
+
+    def searched_coefficients(
         self, num_classes: int, channels: int, ctx: RunContext
     ) -> tuple[torch.Tensor, dict[str, object]]:
         """The searched coefficients (K, C, 3, 3), from the artifact cache when present."""

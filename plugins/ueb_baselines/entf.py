@@ -3,7 +3,8 @@ Bullet for Mitigating Data Poisoning?").
 
 Following the authors' code (WenRuiUSTC/EntF: train_reference_model.py, get_centroid.py,
 poison_generate.py, village/shop/forgemaster_{push,pull}.py, utils/options.py): adversarially
-train a reference model (PGD, Linf `robust_eps`), take each class's centroid of its penultimate
+train a reference model (PGD, Linf `robust_eps` = 4/255, on random crops (pad 4) and flips of the
+clean training set), take each class's centroid of its penultimate
 features on the clean training set, then brew Linf noise with the same signed-gradient PGD as
 TAP so that the features of every image are entangled with other classes:
   * push (default): maximise the MSE between an image's features and its own class centroid;
@@ -13,7 +14,7 @@ Sources and settings: docs/poisoners-surrogate.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -21,8 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ueb.imageset import ImageSet
-from ueb.interfaces import Batch, Budget, Poisoner, RunContext, StepContext
+from ueb.interfaces import Batch, Budget, Poisoner, Requirement, RunContext, StepContext
 from ueb.params import as_dict
+from ueb.profile import TrainingConfig
 from ueb.training import Trainer
 
 from . import surrogate as S
@@ -33,7 +35,7 @@ from .tap import _probe, clean_config
 class EntangledFeatures(Poisoner):
     """EntF-push / EntF-pull noise against an adversarially trained reference model, Linf 8/255."""
 
-    version = "1"
+    version = "2"  # 2: reference model trained with crop (pad 4) + flip, as the official one
 
     @dataclass(frozen=True)
     class Params:
@@ -53,37 +55,58 @@ class EntangledFeatures(Poisoner):
         reference_iterations: int = 39_100  # 100 epochs of CIFAR-10 at batch 128
         reference_batch_size: int = 128
         reference_lr: float = 0.1
+        reference_crop_padding: int = 4  # official: RandomCrop(32, padding=4) + flip; 0: flip only
 
     def budget(self) -> Budget:
         return Budget("linf", self.params.eps)
 
-    def reference_model(self, train: ImageSet, ctx: RunContext) -> nn.Module:
-        """The adversarially trained reference model (flip-only augmentation, x0.1 at 75%, 90%)."""
+    def reference_config(self) -> TrainingConfig:
+        """The reference model's training: SGD as clean_config, crop + flip, x0.1 at 75% and 90%."""
         p = self.params
         it = p.reference_iterations
-        cfg = clean_config(it, p.reference_batch_size, p.reference_lr, crop_padding=0)
-        cfg = type(cfg)(**{**as_dict(cfg), "milestones": (max(1, int(it * 0.75)), max(1, int(it * 0.9)))})
+        cfg = clean_config(
+            it, p.reference_batch_size, p.reference_lr, crop_padding=p.reference_crop_padding
+        )
+        return replace(cfg, milestones=(max(1, int(it * 0.75)), max(1, int(it * 0.9))))
+
+    def reference_model(self, train: ImageSet, ctx: RunContext) -> nn.Module:
+        """The adversarially trained reference model, trained once per data and seed and cached."""
+        p = self.params
+        cfg = self.reference_config()
         model = S.build_surrogate(ctx, p.surrogate, p.surrogate_width, train, ctx.seed)
-        rec = {"surrogate": p.surrogate, "width": p.surrogate_width, "training": as_dict(cfg),
-               "robust": [p.robust_eps, p.robust_step_size, p.robust_steps],
-               "data": train.fingerprint(), "seed": ctx.seed, "kind": "adversarial"}
+        rec = {
+            "surrogate": p.surrogate,
+            "width": p.surrogate_width,
+            "training": as_dict(cfg),
+            "robust": [p.robust_eps, p.robust_step_size, p.robust_steps],
+            "data": train.fingerprint(),
+            "seed": ctx.seed,
+            "kind": "adversarial",
+        }
 
         def fit(m: nn.Module, _ckpt: object) -> None:
             trainer = Trainer(cfg, device=S.device_of(ctx), seed=ctx.seed, progress=ctx.progress)
             hooks = _AdversarialTraining(p.robust_eps, p.robust_step_size, p.robust_steps)
-            trainer.fit(m, train, _probe(train), hooks=hooks, description=f"robust reference {p.surrogate}")
+            trainer.fit(
+                m, train, _probe(train), hooks=hooks, description=f"robust reference {p.surrogate}"
+            )
 
         model = S.cached_model(ctx, "robust-surrogate", rec, model, fit)
         return model.eval()
 
     @staticmethod
     @torch.no_grad()
-    def centroids(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    def centroids(
+        model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int
+    ) -> torch.Tensor:
         feats = torch.cat([model.features(x[i : i + 512]) for i in range(0, len(x), 512)])
         out = torch.zeros(num_classes, feats.shape[1], device=feats.device)
         out.index_add_(0, y, feats)
         counts = torch.bincount(y, minlength=num_classes).clamp(min=1).to(feats.dtype)
         return out / counts[:, None]
+
+    def requires(self) -> list[Requirement]:
+        return [S.surrogate_requirement(self.params)]
 
     def poison(self, train: ImageSet, ctx: RunContext) -> torch.Tensor:
         rec = S.recipe(self, train, ctx)
@@ -112,9 +135,21 @@ class EntangledFeatures(Poisoner):
             return F.mse_loss(f, cents[nearest])
 
         augment = (lambda z: translate_flip(z, gen, p.shift)) if p.augment else None
-        with ctx.progress.task(f"EntF-{p.recipe} poison", total=p.steps * max(1, p.restarts)) as task:
-            best = brew(objective, x, p.eps, p.eps * p.tau, p.steps, p.batch_size, p.restarts, gen,
-                        augment, on_step=task.advance)
+        with ctx.progress.task(
+            f"EntF-{p.recipe} poison", total=p.steps * max(1, p.restarts)
+        ) as task:
+            best = brew(
+                objective,
+                x,
+                p.eps,
+                p.eps * p.tau,
+                p.steps,
+                p.batch_size,
+                p.restarts,
+                gen,
+                augment,
+                on_step=task.advance,
+            )
         for q in model.parameters():
             q.requires_grad_(True)
         return best
@@ -134,7 +169,14 @@ class _AdversarialTraining:
         start = uniform_start(x.shape, self.eps, step.generator, x.device)
         was = model.training
         model.eval()
-        delta = pgd_linf(lambda z: F.cross_entropy(model(z), y), x, start, self.eps, self.step_size, self.steps,
-                         descend=False)
+        delta = pgd_linf(
+            lambda z: F.cross_entropy(model(z), y),
+            x,
+            start,
+            self.eps,
+            self.step_size,
+            self.steps,
+            descend=False,
+        )
         model.train(was)
         return F.cross_entropy(model(x + delta), y)

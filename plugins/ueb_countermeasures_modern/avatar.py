@@ -17,15 +17,21 @@ same VP diffusion) read from a local folder, `model_dir`, never downloaded. It m
 Images whose size differs from the model's are resized to it and back (as AVATAR does for
 ImageNet).
 
-Without `model_dir` (what a fresh machine has), AVATAR trains a DDPM on the training set at
-hand, that is on the poisoned images themselves (the defender has nothing else offline). This
-is a harder setting than the paper's clean-data model: the DDPM may learn part of the
-perturbation. It is reported in the purified set's meta (`avatar_model`) so results say which
-setting they come from. The training follows Ho et al. 2020 for CIFAR-10 (the U-Net with 128
+Without `model_dir` (what a fresh machine has), AVATAR trains a DDPM on **clean** images of the
+same distribution, never on the set it then purifies: the method's premise is a score model of
+clean data (the official CIFAR-10 model is ScoreSDE's, trained on the clean CIFAR-10 training
+set). The clean images come from a dataset plugin, built through `ctx.plugin("dataset", ...)`:
+`clean_source` names it ("" = the dataset the training set comes from, `ImageSet.name`) and
+`clean_split` picks its split. Default `test`: the DDPM then sees none of the images the victim
+trains on, neither poisoned nor their clean originals, which is the defender of the threat
+model (clean data of the distribution, not the protected images). `clean_split="train"` trains on
+the clean originals of the training set, the data of the official pretrained model (the `paper`
+profile's setting). The training follows Ho et al. 2020 for CIFAR-10 (the U-Net with 128
 channels, multipliers 1,2,2,2, attention at 16x16, dropout 0.1; Adam 2e-4, batch 128, 5000
 warm-up steps, EMA 0.9999, gradient clipping 1, horizontal flips, 800k steps); every size is a
-parameter for smaller profiles. `train_if_missing=false` turns this off: a missing `model_dir`
-is then an error.
+parameter for smaller profiles. The trained model depends only on the clean data, so every
+poison of a dataset shares one. The purified set's meta (`avatar_model`) says which model was
+used. `train_if_missing=false` turns training off: a missing `model_dir` is then an error.
 """
 
 from __future__ import annotations
@@ -35,14 +41,14 @@ import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from ueb.errors import ConfigError
 from ueb.imageset import ImageSet, quantize
-from ueb.interfaces import Countermeasure, RunContext, Stage
+from ueb.interfaces import Countermeasure, Requirement, RunContext, Stage
 from ueb.params import as_dict
 from ueb.training import resolve_device
 
@@ -60,10 +66,14 @@ def load_ddpm(model_dir: str | Path) -> tuple[Any, Any]:
 
     root = Path(model_dir).expanduser()
     if not root.is_dir():
-        raise ConfigError(f"avatar: model_dir '{root}' does not exist or is not a folder", _fix_model_dir_hint())
+        raise ConfigError(
+            f"avatar: model_dir '{root}' does not exist or is not a folder", _fix_model_dir_hint()
+        )
     unet_dir = root / "unet" if (root / "unet" / "config.json").exists() else root
     if not (unet_dir / "config.json").exists():
-        raise ConfigError(f"avatar: no UNet config.json in '{root}' or '{root / 'unet'}'", _fix_model_dir_hint())
+        raise ConfigError(
+            f"avatar: no UNet config.json in '{root}' or '{root / 'unet'}'", _fix_model_dir_hint()
+        )
     try:
         unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True, low_cpu_mem_usage=False)
     except Exception as exc:  # diffusers raises several types for a broken folder
@@ -81,7 +91,9 @@ def load_ddpm(model_dir: str | Path) -> tuple[Any, Any]:
                 _fix_model_dir_hint(),
             ) from exc
     else:
-        scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+        scheduler = DDPMScheduler(
+            num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear"
+        )
     return unet, scheduler
 
 
@@ -107,7 +119,10 @@ def purify(
         return x01.clone()
     total = int(scheduler.config.num_train_timesteps)
     if t_star > total:
-        raise ConfigError(f"avatar: t_star={t_star} exceeds the model's {total} diffusion steps", f"use t_star <= {total}")
+        raise ConfigError(
+            f"avatar: t_star={t_star} exceeds the model's {total} diffusion steps",
+            f"use t_star <= {total}",
+        )
     size = x01.shape[-1]
     model_size = unet.config.sample_size
     model_size = model_size[-1] if isinstance(model_size, (tuple, list)) else model_size
@@ -124,7 +139,8 @@ def purify(
         xt = scheduler.step(eps, t, xt, generator=gen).prev_sample
     out = (xt.clamp(-1, 1) + 1) / 2
     if model_size and model_size != size:
-        out = F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+        out = F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False)
+        out = out.clamp(0, 1)
     return out
 
 
@@ -132,16 +148,20 @@ class Avatar(Countermeasure):
     """AVATAR (Dolatabadi et al. 2024): DDPM purification, forward to t*, reverse chain back (DiffPure)."""
 
     stage: ClassVar[Stage] = "data"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: the DDPM trains on clean data, never on the poisoned set
 
     @dataclass(frozen=True)
     class Params:
         model_dir: str = ""
         t_star: int = 100  # of the model's 1000 steps, the official CIFAR-10 setting
-        reverse_steps: int = 0  # 0: every step from t* down (DDPM ancestral); n: n evenly spaced steps
+        # 0: every step from t* down (DDPM ancestral); n: n evenly spaced steps
+        reverse_steps: int = 0
         batch_size: int = 256
         train_if_missing: bool = True
-        # DDPM trained on the data at hand when model_dir is empty (Ho et al. 2020, CIFAR-10)
+        # where the DDPM's clean training images come from when model_dir is empty
+        clean_source: str = ""  # a dataset plugin; "": the training set's own dataset
+        clean_split: Literal["test", "train"] = "test"
+        # DDPM trained on those clean images when model_dir is empty (Ho et al. 2020, CIFAR-10)
         train_steps: int = 800_000
         train_batch_size: int = 128
         train_lr: float = 2e-4
@@ -166,6 +186,31 @@ class Avatar(Countermeasure):
         super().__init__(params, name)
         self.model_source: str = ""
 
+    def requires(self) -> list[Requirement]:
+        """The clean-data dataset, when named (the training set's own dataset is the run's)."""
+        p = self.params
+        if p.model_dir or not p.train_if_missing or p.t_star == 0 or not p.clean_source:
+            return []
+        return [Requirement("dataset", p.clean_source)]
+
+    def clean_images(self, train: ImageSet, ctx: RunContext) -> ImageSet:
+        """The clean images the DDPM trains on: `clean_split` of `clean_source` (or of train's dataset)."""
+        p = self.params
+        source = p.clean_source or train.name
+        if not source:
+            raise ConfigError(
+                "avatar: the training set names no dataset to take clean images from",
+                "set avatar.clean_source to a dataset name, or model_dir to a trained DDPM",
+            )
+        splits = ctx.plugin("dataset", source).load(ctx.data_root)
+        clean: ImageSet = splits.test if p.clean_split == "test" else splits.train
+        if clean.channels != train.channels:
+            raise ConfigError(
+                f"avatar: clean source '{source}' has {clean.channels} channels, the training set {train.channels}",
+                "set avatar.clean_source to a dataset of the same kind of images",
+            )
+        return clean
+
     # -- the diffusion model --------------------------------------------------------------
 
     def build_unet(self, image_size: int, channels: int) -> Any:
@@ -175,8 +220,13 @@ class Avatar(Countermeasure):
         levels = len(p.channels)
         factor = 2 ** (levels - 1)
         sample_size = math.ceil(image_size / factor) * factor
-        down = tuple("AttnDownBlock2D" if i in p.attention_levels else "DownBlock2D" for i in range(levels))
-        up = tuple("AttnUpBlock2D" if i in p.attention_levels else "UpBlock2D" for i in reversed(range(levels)))
+        down = tuple(
+            "AttnDownBlock2D" if i in p.attention_levels else "DownBlock2D" for i in range(levels)
+        )
+        up = tuple(
+            "AttnUpBlock2D" if i in p.attention_levels else "UpBlock2D"
+            for i in reversed(range(levels))
+        )
         return UNet2DModel(
             sample_size=sample_size,
             in_channels=channels,
@@ -191,7 +241,7 @@ class Avatar(Countermeasure):
         )
 
     def trained_model(self, train: ImageSet, ctx: RunContext) -> Path:
-        """Train (or resume, or reuse) a DDPM on `train`; returns its folder (a valid model_dir)."""
+        """Train (or resume, or reuse) a DDPM on the clean images `train`; returns its folder."""
         from diffusers import DDPMScheduler
 
         p = self.params
@@ -212,7 +262,9 @@ class Avatar(Countermeasure):
         ema = self.build_unet(train.image_size, train.channels).to(device)
         ema.load_state_dict(unet.state_dict())
         ema.requires_grad_(False)
-        scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+        scheduler = DDPMScheduler(
+            num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear"
+        )
         opt = torch.optim.Adam(unet.parameters(), lr=p.train_lr)
         gen = torch.Generator(device=device).manual_seed(ctx.seed + 7919)
         ckpt = art.path / "checkpoints" / "state.pt"
@@ -229,17 +281,27 @@ class Avatar(Countermeasure):
         n = len(train)
         unet.train()
         loss = torch.zeros(())
-        with ctx.progress.task("avatar: training DDPM on the training set", total=p.train_steps) as task:
+        with ctx.progress.task(
+            f"avatar: training DDPM on clean {train.name or 'images'}", total=p.train_steps
+        ) as task:
             task.advance(start)
             for step in range(start, p.train_steps):
-                idx = torch.randint(0, n, (min(p.train_batch_size, n),), generator=gen, device=device)
+                idx = torch.randint(
+                    0, n, (min(p.train_batch_size, n),), generator=gen, device=device
+                )
                 x0 = data[idx].float() / 127.5 - 1
                 flip = torch.rand(x0.shape[0], generator=gen, device=device) < 0.5
                 x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
                 if size != x0.shape[-1]:
                     x0 = F.interpolate(x0, size=(size, size), mode="bilinear", align_corners=False)
                 noise = torch.randn(x0.shape, generator=gen, device=device)
-                t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen, device=device)
+                t = torch.randint(
+                    0,
+                    scheduler.config.num_train_timesteps,
+                    (x0.shape[0],),
+                    generator=gen,
+                    device=device,
+                )
                 loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
                 for group in opt.param_groups:
                     group["lr"] = p.train_lr * min(1.0, (step + 1) / max(1, p.warmup_steps))
@@ -255,14 +317,16 @@ class Avatar(Countermeasure):
                 task.advance()
                 if (step + 1) % 50 == 0:
                     task.update(loss=float(loss.detach()))
-                if p.checkpoint_every and (step + 1) % p.checkpoint_every == 0 and step + 1 < p.train_steps:
+                if (
+                    p.checkpoint_every
+                    and (step + 1) % p.checkpoint_every == 0
+                    and step + 1 < p.train_steps
+                ):
                     ckpt.parent.mkdir(parents=True, exist_ok=True)
                     tmp = ckpt.with_suffix(".tmp")
-                    torch.save(
-                        {"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                         "gen": gen.get_state(), "step": step + 1},  # fmt: skip
-                        tmp,
-                    )
+                    snapshot = {"unet": unet.state_dict(), "ema": ema.state_dict(),
+                                "opt": opt.state_dict(), "gen": gen.get_state(), "step": step + 1}  # fmt: skip
+                    torch.save(snapshot, tmp)
                     tmp.replace(ckpt)
         ema.save_pretrained(art.path / "unet")
         scheduler.save_pretrained(art.path / "scheduler")
@@ -276,9 +340,14 @@ class Avatar(Countermeasure):
             self.model_source = f"model_dir:{p.model_dir}"
             return load_ddpm(p.model_dir)
         if not p.train_if_missing:
-            raise ConfigError("avatar needs a diffusion model and model_dir is empty", _fix_model_dir_hint())
-        folder = self.trained_model(train, ctx)
-        self.model_source = f"trained-on-training-set:{json.loads((folder / 'manifest.json').read_text())['key']}"
+            raise ConfigError(
+                "avatar needs a diffusion model and model_dir is empty", _fix_model_dir_hint()
+            )
+        clean = self.clean_images(train, ctx)
+        folder = self.trained_model(clean, ctx)
+        key = json.loads((folder / "manifest.json").read_text())["key"]
+        source = p.clean_source or train.name
+        self.model_source = f"trained-on-clean:{source}/{p.clean_split}:{key}"
         return load_ddpm(folder)
 
     # -- the countermeasure ---------------------------------------------------------------
@@ -287,7 +356,9 @@ class Avatar(Countermeasure):
         p = self.params
         if p.t_star == 0:
             self.model_source = "none (t_star=0)"
-            return train.with_images(train.images.clone(), countermeasure=self.name, avatar_model=self.model_source)
+            return train.with_images(
+                train.images.clone(), countermeasure=self.name, avatar_model=self.model_source
+            )
         unet, scheduler = self.model(train, ctx)
         if int(unet.config.in_channels) != train.channels:
             raise ConfigError(
@@ -304,6 +375,8 @@ class Avatar(Countermeasure):
                 x = images[i : i + p.batch_size].to(device)
                 x01 = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
                 # stored on the 8-bit grid, as the official sanitiser stores its output
-                out[i : i + p.batch_size] = quantize(purify(x01, unet, scheduler, p.t_star, p.reverse_steps, gen)).cpu()
+                out[i : i + p.batch_size] = quantize(
+                    purify(x01, unet, scheduler, p.t_star, p.reverse_steps, gen)
+                ).cpu()
                 task.advance(x.shape[0])
         return train.with_images(out, countermeasure=self.name, avatar_model=self.model_source)

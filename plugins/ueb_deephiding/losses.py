@@ -6,8 +6,10 @@
   an RMS distance eps of the clean image, plain MSE beyond it.
 * L_freq (eq. 8) = MSE between the LL sub-bands of container and clean image.
 * L_reveal (eq. 8) = MSE between the revealed and the true hidden image.
-* L_conc (eq. 10) = sum over same-class pairs i < j of the cosine distance between the
-  flattened extractor features of the perturbations x_ue - x_c.
+* L_conc (eq. 10) = sum over ordered same-class pairs (i, j) of the cosine distance between
+  the flattened extractor features of the perturbations x_ue - x_c. Eq. 10 sums over every
+  (i, j) with y_i = y_j, so each unordered pair counts twice; the i = j terms are 0 and are
+  left out (a zero feature vector would otherwise add a spurious distance of 1).
 
 The paper calls L_freq and L_reveal "L2 distances"; we take means (MSE), the scale at which
 its eq. 7 is written and at which its remark that L_conc is ~1000x the other terms holds.
@@ -37,13 +39,12 @@ def reveal_loss(revealed: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def concentration_loss(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of cosine distances 1 - cos(f_i, f_j) over unordered same-class pairs i < j."""
+    """Eq. 10: sum of cosine distances 1 - cos(f_i, f_j) over ordered same-class pairs i != j."""
     f = F.normalize(features.flatten(1), dim=1, eps=1e-12)
     cos = f @ f.t()
     same = labels[:, None] == labels[None, :]
-    upper = torch.triu(torch.ones_like(same), diagonal=1)
-    mask = same & upper
-    return (1.0 - cos)[mask].sum()
+    off_diagonal = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    return (1.0 - cos)[same & off_diagonal].sum()
 
 
 @dataclass(frozen=True)
@@ -73,5 +74,10 @@ def total_loss(
         terms["conc"] = concentration_loss(features(container - clean), labels)
     else:
         terms["conc"] = container.new_zeros(())
-    terms["total"] = terms["hide"] + w.w_freq * terms["freq"] + w.w_reveal * terms["reveal"] + w.w_conc * terms["conc"]
+    terms["total"] = (
+        terms["hide"]
+        + w.w_freq * terms["freq"]
+        + w.w_reveal * terms["reveal"]
+        + w.w_conc * terms["conc"]
+    )
     return terms
