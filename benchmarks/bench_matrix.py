@@ -7,7 +7,8 @@ it is timed by `benchmarks/time_main_job.sh` (cold and warm, with peak RSS), not
 
 from __future__ import annotations
 
-from ueb.config import RunConfig, resolve
+from ueb.config import RunConfig
+from ueb.plan import resolve
 from ueb.plugins import set_host
 from ueb.progress import silent
 from ueb.registry import get_registry

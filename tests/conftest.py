@@ -30,13 +30,13 @@ def run_context(tmp_path):
     from ueb.interfaces import RunContext
     from ueb.profile import load_profile
     from ueb.progress import silent
-    from ueb.registry import get_registry
+    from ueb.registry import get_registry, registry_provider
 
     return RunContext(
         seed=0,
         device="cpu",
-        profile=load_profile("smoke"),
+        training=load_profile("smoke").training,
         artifacts=ArtifactStore(tmp_path / "artifacts"),
         progress=silent(),
-        registry=get_registry(),
+        provider=registry_provider(get_registry()),
     )

@@ -25,7 +25,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """A real smoke matrix (clean + random-noise x identity, invert on the tiny victim), models saved."""
-    from ueb.config import RunConfig, resolve
+    from ueb.config import RunConfig
+    from ueb.plan import resolve
     from ueb.progress import silent
     from ueb.runner import MatrixRunner
 

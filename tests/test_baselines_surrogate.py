@@ -19,7 +19,7 @@ from ueb.interfaces import RunContext, Victim
 from ueb.nn import Classifier
 from ueb.profile import load_profile
 from ueb.progress import silent
-from ueb.registry import Entry, Registry
+from ueb.registry import Entry, Registry, registry_provider
 from ueb.testing import make_imageset
 
 
@@ -46,8 +46,8 @@ def registry() -> Registry:
 
 
 def make_ctx(registry: Registry, root, seed: int = 0) -> RunContext:
-    return RunContext(seed=seed, device="cpu", profile=load_profile("smoke"), artifacts=ArtifactStore(root),
-                      progress=silent(), registry=registry)
+    return RunContext(seed=seed, device="cpu", training=load_profile("smoke").training, artifacts=ArtifactStore(root),
+                      progress=silent(), provider=registry_provider(registry))
 
 
 @pytest.fixture

@@ -11,16 +11,16 @@ import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import pytest
 import torch
 from core_helpers import FIXTURES, REPO, isolated_registry, minimal_plugins, run_cli
 
-from ueb.config import RunConfig, build_config, resolve
+from ueb.config import RunConfig, build_config
 from ueb.errors import ConfigError, IntegrityError, UebError
 from ueb.hookspecs import hookimpl
 from ueb.integrity import check_poison, perturbation_stats
 from ueb.interfaces import Budget, Poisoner
+from ueb.plan import resolve
 from ueb.plugins import set_host
 from ueb.progress import silent
 from ueb.runner import MatrixRunner
@@ -118,7 +118,7 @@ def test_a_raising_poisoner_fails_its_cells_and_the_matrix_goes_on(registry, tmp
 
 
 def test_partial_poisoning_is_a_matrix_axis_with_a_fixed_subset(registry, tmp_path):
-    from ueb.runner import mix_poison
+    from ueb.worker import mix_poison
 
     runner = _run(registry, tmp_path, countermeasures=("identity",), poison_fractions=(0.5, 1.0))
     runner.execute()
@@ -142,20 +142,48 @@ def test_parameter_grid_becomes_variants_in_the_matrix(registry, tmp_path):
     assert facts["counting[level=3]"] == pytest.approx(3 / 255, abs=1e-6)
 
 
-def test_grid_values_beat_profile_globs_and_variants_keep_the_base_settings():
-    """A profile's `[plugins."deephiding*"] per_class = 10` must not undo `--grid
-    deephiding-s.per_class=1,2`, and `[plugins.at-linf] steps = 2` must reach `at-linf[eps=...]`."""
-    from ueb.config import ResolvedRun
-    from ueb.profile import Profile
+class LayeredPoisoner(CountingPoisoner):
+    """Params with several fields, to see which layer wins."""
 
-    profile = Profile(name="p", plugins={"count*": {"level": 7, "other": 1}, "counting": {"scale": 2}})
-    run = ResolvedRun(
-        config=RunConfig(params={"counting": {"user": 5}, "counting[level=1]": {"other": 9}}),
-        profile=profile, datasets=(), poisoners=("counting[level=1]",), countermeasures=(), victims=(), seeds=(0,),
-        variants=(("poisoner", "counting", (("level", 1),)),),
-    )  # fmt: skip
-    assert run.plugin_params("counting[level=1]") == {"level": 1, "other": 9, "scale": 2, "user": 5}
-    assert run.plugin_params("counting") == {"level": 7, "other": 1, "scale": 2, "user": 5}
+    presets = {"smoke": {"level": 3, "other": 3, "scale": 3, "user": 3}}
+
+    @dataclass(frozen=True)
+    class Params:
+        level: int = 4
+        other: int = 0
+        scale: int = 0
+        user: int = 0
+
+
+def test_grid_values_beat_profile_globs_and_variants_keep_the_base_settings(tmp_path, monkeypatch):
+    """preset < profile (globs, exact wins) < user; a variant takes its base's layers, then its
+    grid values, then settings given for the variant itself. A profile's `[plugins."deephiding*"]
+    per_class = 10` must not undo `--grid deephiding-s.per_class=1,2`."""
+    from ueb.profile import profile_from_dict
+
+    class _Plugins:
+        @hookimpl
+        def register_poisoners(self, register):
+            register("layered", LayeredPoisoner)
+
+    registry = isolated_registry(minimal_plugins(), _Plugins())
+    try:
+        profile = profile_from_dict(
+            {"name": "smoke", "datasets": ["fashion-mnist"], "plugins": {"layer*": {"level": 7, "other": 1}, "layered": {"scale": 2}}, "data": {"train_per_class": 4, "test_per_class": 2}},
+            where="test profile",
+        )
+        monkeypatch.setattr("ueb.plan.load_profile", lambda _name: profile)
+        cfg = RunConfig(
+            poisoners=("layered",), countermeasures=("identity",), victims=("tiny",),
+            params={"layered": {"user": 5}, "layered[level=1]": {"other": 9}}, grid={"layered": {"level": [1, 2]}},
+        )  # fmt: skip
+        plan = resolve(cfg, registry)
+        assert dict(plan.spec("poisoner", "layered[level=1]").params) == {"level": 1, "other": 9, "scale": 2, "user": 5}
+        assert dict(plan.spec("poisoner", "layered[level=2]").params) == {"level": 2, "other": 1, "scale": 2, "user": 5}
+        plain = resolve(RunConfig(poisoners=("layered",), countermeasures=("identity",), victims=("tiny",)), registry)
+        assert dict(plain.spec("poisoner", "layered").params) == {"level": 7, "other": 1, "scale": 2, "user": 3}
+    finally:
+        set_host(None)
 
 
 def test_fail_fast_stops_at_the_first_failure(registry, tmp_path):
@@ -171,22 +199,26 @@ def test_out_of_budget_poison_is_rejected_naming_the_poisoner(registry, tmp_path
 
 
 def test_full_disk_while_writing_the_cache_is_one_clear_error_and_keeps_finished_cells(registry, tmp_path, monkeypatch):
+    import ueb.atomic
+
     runner = _run(registry, tmp_path)
-    real_save = np.save
-    calls = {"n": 0}
+    real = ueb.atomic._write_all
+    poisons = {"n": 0}
 
-    def save(path, arr, **kw):
-        calls["n"] += 1
-        if calls["n"] >= 2:  # the clean poison is written, the second one hits a full disk
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(path, arr, **kw)
+    def write_all(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").count("/poisons/"):
+            poisons["n"] += 1
+            if poisons["n"] > 2:  # the clean poison (images + facts) is written, the next one hits a full disk
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
 
-    monkeypatch.setattr(np, "save", save)
-    with pytest.raises(UebError, match="disk full while writing the poison cache"):
+    monkeypatch.setattr(ueb.atomic, "_write_all", write_all)
+    with pytest.raises(UebError, match="disk full while writing") as err:
         runner.execute()
+    assert "free on the disk" in str(err.value) and "to resume" in str(err.value)
     done = [r for r in Store(tmp_path / "run").records() if r.status == "ok"]
     assert len(done) == 2  # both clean cells were stored before the failure
-    assert not list((tmp_path / "cache" / "poisons").rglob("*.tmp*"))
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith(".tmp") or (p.is_file() and p.stat().st_size == 0 and p.suffix != ".lock")]
 
 
 # -- integrity checks ------------------------------------------------------------------------
@@ -299,7 +331,7 @@ def test_killed_run_resumes_to_the_same_rows(tmp_path):
     resumed = run_cli(*args, "--run-dir", str(killed_dir), env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{partial} reused" in resumed.stdout.replace("\n", " ")
-    straight = run_cli(*args, "--run-dir", str(tmp_path / "straight"), env=env)
+    straight = run_cli(*args, "--run-dir", str(tmp_path / "straight"), env={**env, "UEB_CACHE": str(tmp_path / "cache2")})
     assert straight.returncode == 0, straight.stderr
 
     def rows(d):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from ueb.config import RunConfig, resolve
+from ueb.config import RunConfig
+from ueb.plan import resolve
 from ueb.plugins import set_host
 from ueb.progress import silent
 from ueb.registry import get_registry

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ueb.errors import UebError
+from ueb.errors import ConfigError, UebError
 from ueb.output import Output
 
 app = typer.Typer(
@@ -40,7 +40,11 @@ KIND_ALIASES = {
 def _root(
     plugins_dir: Annotated[
         Path | None,
-        typer.Option("--plugins-dir", envvar="UEB_PLUGINS_DIR", help="Also load plugin .py files from this folder."),
+        typer.Option(
+            "--plugins-dir",
+            envvar="UEB_PLUGINS_DIR",
+            help="Also load plugin .py files from this folder.",
+        ),
     ] = None,
 ) -> None:
     """Global options (the plugins folder is read before commands are built)."""
@@ -57,39 +61,121 @@ def _registry() -> Any:
 
 @app.command()
 def run(
-    poisoner: Annotated[list[str], typer.Option("--poisoner", "-p", help="Poisoner names, globs or 'all' (repeatable, comma lists).")] = [],  # noqa: B006
-    countermeasures: Annotated[list[str], typer.Option("--countermeasures", "-c", help="Countermeasure names, globs or 'all'.")] = [],  # noqa: B006
-    victim: Annotated[list[str], typer.Option("--victim", "-v", help="Victim architectures (default: the profile's).")] = [],  # noqa: B006
-    dataset: Annotated[list[str], typer.Option("--dataset", "-d", help="Datasets (default: the profile's).")] = [],  # noqa: B006
-    seed: Annotated[list[int], typer.Option("--seed", "-s", help="Seeds (repeatable; default: the profile's).")] = [],  # noqa: B006
-    profile: Annotated[str | None, typer.Option("--profile", help="smoke | quick | paper, or a profile .toml.")] = None,
-    matrix: Annotated[Path | None, typer.Option("--matrix", help="A TOML matrix file; flags override it.")] = None,
-    param: Annotated[list[str], typer.Option("--param", help="PLUGIN.KEY=VALUE (or KEY=VALUE for the selected poisoners).")] = [],  # noqa: B006
-    grid: Annotated[list[str], typer.Option("--grid", help="PLUGIN.KEY=V1,V2,...: one variant of the plugin per value (e.g. iss-jpeg.quality=2,4,10).")] = [],  # noqa: B006
-    data_root: Annotated[Path | None, typer.Option("--data-root", help="Folder with dataset files (CIFAR archives, ImageNet folders).")] = None,
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Where results go (default: runs/<profile>-<config hash>).")] = None,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Cache for poisons and trained models (default: $UEB_CACHE or ~/.cache/ueb).")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = None,
-    poison_fraction: Annotated[list[float], typer.Option("--poison-fraction", help="Poison only this fraction of the training set (repeatable: a matrix axis).")] = [],  # noqa: B006
-    save_models: Annotated[str | None, typer.Option("--save-models", help="Keep trained victims: none | vanilla | all.")] = None,
-    executor: Annotated[str | None, typer.Option("--executor", help="local (default) | ray")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", "-w", help="Cells run in parallel (local process pool, or Ray tasks).")] = None,
-    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address (default: start a local Ray).")] = None,
-    gpus_per_cell: Annotated[float | None, typer.Option("--gpus-per-cell", help="Ray: GPU share per cell (e.g. 0.25: four cells per GPU).")] = None,
-    metric: Annotated[str, typer.Option("--metric", help="Accuracy shown in the table: final | peak.")] = "final",
-    no_clean: Annotated[bool, typer.Option("--no-clean", help="Skip the clean-training reference row.")] = False,
-    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failing cell.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    poisoner: Annotated[
+        list[str],
+        typer.Option(
+            "--poisoner", "-p", help="Poisoner names, globs or 'all' (repeatable, comma lists)."
+        ),
+    ] = [],  # noqa: B006
+    countermeasures: Annotated[
+        list[str],
+        typer.Option("--countermeasures", "-c", help="Countermeasure names, globs or 'all'."),
+    ] = [],  # noqa: B006
+    victim: Annotated[
+        list[str],
+        typer.Option("--victim", "-v", help="Victim architectures (default: the profile's)."),
+    ] = [],  # noqa: B006
+    dataset: Annotated[
+        list[str], typer.Option("--dataset", "-d", help="Datasets (default: the profile's).")
+    ] = [],  # noqa: B006
+    seed: Annotated[
+        list[int], typer.Option("--seed", "-s", help="Seeds (repeatable; default: the profile's).")
+    ] = [],  # noqa: B006
+    profile: Annotated[
+        str | None, typer.Option("--profile", help="smoke | quick | paper, or a profile .toml.")
+    ] = None,
+    matrix: Annotated[
+        Path | None, typer.Option("--matrix", help="A TOML matrix file; flags override it.")
+    ] = None,
+    param: Annotated[
+        list[str],
+        typer.Option("--param", help="PLUGIN.KEY=VALUE (or KEY=VALUE for the selected poisoners)."),
+    ] = [],  # noqa: B006
+    grid: Annotated[
+        list[str],
+        typer.Option(
+            "--grid",
+            help="PLUGIN.KEY=V1,V2,...: one variant of the plugin per value (e.g. iss-jpeg.quality=2,4,10).",
+        ),
+    ] = [],  # noqa: B006
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-root", help="Folder with dataset files (CIFAR archives, ImageNet folders)."
+        ),
+    ] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option("--run-dir", help="Where results go (default: runs/<profile>-<config hash>)."),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            help="Cache for poisons and trained models (default: $UEB_CACHE or ~/.cache/ueb).",
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N")
+    ] = None,
+    poison_fraction: Annotated[
+        list[float],
+        typer.Option(
+            "--poison-fraction",
+            help="Poison only this fraction of the training set (repeatable: a matrix axis).",
+        ),
+    ] = [],  # noqa: B006
+    save_models: Annotated[
+        str | None,
+        typer.Option("--save-models", help="Keep trained victims: none | vanilla | all."),
+    ] = None,
+    executor: Annotated[
+        str | None, typer.Option("--executor", help="local (default) | ray")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", "-w", help="Cells run in parallel (local process pool, or Ray tasks)."
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="Ray cluster address (default: start a local Ray)."),
+    ] = None,
+    gpus_per_cell: Annotated[
+        float | None,
+        typer.Option(
+            "--gpus-per-cell", help="Ray: GPU share per cell (e.g. 0.25: four cells per GPU)."
+        ),
+    ] = None,
+    metric: Annotated[
+        str, typer.Option("--metric", help="Accuracy shown in the table: final | peak.")
+    ] = "final",
+    no_clean: Annotated[
+        bool, typer.Option("--no-clean", help="Skip the clean-training reference row.")
+    ] = False,
+    fail_fast: Annotated[
+        bool, typer.Option("--fail-fast", help="Stop at the first failing cell.")
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No progress bars or per-cell lines (failures are still reported).",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Resolve and check everything, print the full configuration, compute nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Run the poisoner x countermeasure x victim matrix and print the Table I layout."""
-    from ueb.config import (
-        build_config,
-        load_matrix_file,
-        parse_grid_flags,
-        parse_param_flags,
-        resolve,
-        with_run_dir,
-    )
+    from ueb.config import build_config, load_matrix_file, parse_grid_flags, parse_param_flags
+    from ueb.plan import resolve
 
     out = Output()
     registry = _registry()
@@ -115,39 +201,63 @@ def run(
         "gpus_per_cell": gpus_per_cell,
         "grid": parse_grid_flags(grid) or None,
     }
+    if metric not in ("final", "peak"):
+        raise ConfigError(f"unknown metric '{metric}'", "use final or peak")
     config = build_config(file_values, flags)
     if param:
         targets = tuple(registry.select("poisoner", config.poisoners))
         config = build_config(file_values, {**flags, "params": parse_param_flags(param, targets)})
-    resolved = resolve(config, registry)
-    path = with_run_dir(resolved)
-    out.config(resolved.describe(), path)
+    plan = resolve(config, registry)  # every check; nothing is computed before this returns
 
     from ueb.progress import Progress
-    from ueb.runner import MatrixRunner
+    from ueb.runner import MatrixRunner, default_run_dir
 
+    path = default_run_dir(plan)
+    if dry_run:
+        out.introduce(plan, path, None)
+        out.json(plan.describe())
+        return
     progress = Progress(enabled=not quiet, console=out.console)
-    runner = MatrixRunner(resolved, registry, path, progress, log=out.log if not quiet else (lambda _m: None))
+    runner = MatrixRunner(
+        plan,
+        registry,
+        path,
+        progress,
+        log=out.log if not quiet else (lambda _m: None),
+        warn=out.warn,
+    )
+    out.introduce(plan, path, runner.preview(), brief=quiet)
     try:
         summary = runner.execute()
     except KeyboardInterrupt:
-        out.error(f"interrupted; finished cells are saved in {path} (re-run the same command to resume)")
+        out.error(
+            f"interrupted; finished cells are saved in {path} (re-run the same command to resume)"
+        )
         raise typer.Exit(130) from None
     _write_reports(runner.store, path, metric, out)
     out.info(
         f"{summary.ok} cells done, {summary.skipped} reused, {summary.failed} failed in {summary.seconds:.0f}s; results in {path}"
+        + (
+            f" (`ueb show --run {path} -p POISONER -c COUNTERMEASURE` for one cell)"
+            if summary.ok
+            else ""
+        )
     )
     if summary.failed:
         raise typer.Exit(1)
 
 
 def _write_reports(store: Any, path: Path, metric: str, out: Output) -> None:
-    from ueb.report import EXTENSIONS, RENDERERS, build_table, to_markdown, to_rich
+    """Every table format beside the results (each written whole or not at all), then the
+    terminal's."""
+    from ueb.atomic import write_text
+    from ueb.report import EXTENSIONS, RENDERERS, build_table, to_markdown
 
     table = build_table(store.records(), metric, store.manifest().get("config"))  # type: ignore[arg-type]
-    for fmt, render in RENDERERS.items():
-        (path / f"table.{EXTENSIONS[fmt]}").write_text(render(table))
-    out.table(to_rich(table), plain=to_markdown(table))
+    texts = {fmt: render(table) for fmt, render in RENDERERS.items()}
+    for fmt, text in texts.items():
+        write_text(path / f"table.{EXTENSIONS[fmt]}", text, what="the result tables")
+    out.report_table(table, plain=to_markdown(table))
 
 
 # --------------------------------------------------------------------------- report / show / export
@@ -163,11 +273,23 @@ def _run_path(run: str) -> Path:
 @app.command()
 def report(
     run: Annotated[str, typer.Argument(help="A run directory (or its name under runs/).")],
-    format: Annotated[str, typer.Option("--format", "-f", help="rich | markdown | csv | latex | json | html")] = "rich",
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="rich | markdown | csv | latex | json | html")
+    ] = "rich",
     metric: Annotated[str, typer.Option("--metric", help="final | peak")] = "final",
-    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file instead of the terminal.")] = None,
-    pivot: Annotated[str | None, typer.Option("--pivot", help="'victim': one column per architecture (Table III layout).")] = None,
-    countermeasure: Annotated[str, typer.Option("--countermeasure", help="With --pivot victim: which countermeasure's numbers.")] = "vanilla",
+    out_file: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write to this file instead of the terminal.")
+    ] = None,
+    pivot: Annotated[
+        str | None,
+        typer.Option("--pivot", help="'victim': one column per architecture (Table III layout)."),
+    ] = None,
+    countermeasure: Annotated[
+        str,
+        typer.Option(
+            "--countermeasure", help="With --pivot victim: which countermeasure's numbers."
+        ),
+    ] = "vanilla",
 ) -> None:
     """Render a run's results in the paper's Table I layout (or pivoted by victim)."""
     if format == "html":
@@ -175,28 +297,33 @@ def report(
 
         write_html(_run_path(run), out_file, metric=metric)
         return
-    from ueb.errors import ConfigError
-    from ueb.report import RENDERERS, build_table, pivot_by_victim, to_markdown, to_rich
+    from ueb.report import RENDERERS, build_table, pivot_by_victim, to_markdown
     from ueb.store import Store
 
     out = Output()
-    store = Store.open_existing(_run_path(run))
     if metric not in ("final", "peak"):
         raise ConfigError(f"unknown metric '{metric}'", "use final or peak")
     if pivot not in (None, "victim"):
         raise ConfigError(f"unknown pivot '{pivot}'", "use --pivot victim")
+    if format not in ("rich", *RENDERERS):
+        raise ConfigError(f"unknown format '{format}'", f"use rich, html, {', '.join(RENDERERS)}")
+    store = Store.open_existing(_run_path(run), readonly=True)
     if pivot == "victim":
-        table = pivot_by_victim(store.records(), countermeasure, metric, store.manifest().get("config"))  # type: ignore[arg-type]
+        table = pivot_by_victim(
+            store.records(), countermeasure, metric, store.manifest().get("config")
+        )  # type: ignore[arg-type]
     else:
         table = build_table(store.records(), metric, store.manifest().get("config"))  # type: ignore[arg-type]
     if format == "rich":
-        out.table(to_rich(table), plain=to_markdown(table))
+        out.report_table(table, plain=to_markdown(table))
         return
     if format not in RENDERERS:
         raise ConfigError(f"unknown format '{format}'", f"use rich, {', '.join(RENDERERS)}")
     text = RENDERERS[format](table)
     if out_file:
-        out_file.write_text(text)
+        from ueb.atomic import write_text
+
+        write_text(out_file, text, what="the report")
         out.info(f"wrote {out_file}")
     else:
         out.raw(text)
@@ -204,18 +331,59 @@ def report(
 
 @app.command()
 def show(
-    cell: Annotated[str, typer.Argument(help="A cell id (or a unique prefix of one).")],
+    cell: Annotated[
+        str | None,
+        typer.Argument(
+            help="A cell id or a unique prefix (printed by `ueb run`); or select with the options."
+        ),
+    ] = None,
     run: Annotated[str, typer.Option("--run", "-r", help="The run directory.")] = ".",
+    poisoner: Annotated[
+        str | None, typer.Option("--poisoner", "-p", help="Select the cell by poisoner ...")
+    ] = None,
+    countermeasure: Annotated[
+        str | None, typer.Option("--countermeasure", "-c", help="... countermeasure ...")
+    ] = None,
+    victim: Annotated[str | None, typer.Option("--victim", "-v", help="... victim ...")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="... dataset ...")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", "-s", help="... and seed.")] = None,
+    config: Annotated[
+        bool, typer.Option("--config", help="Print the run's full resolved configuration instead.")
+    ] = False,
 ) -> None:
-    """Everything stored about one cell: parameters, versions, accuracy curve, poison facts."""
+    """Everything stored about one cell: parameters, versions, accuracy curve, poison facts, probe."""
     from dataclasses import asdict
 
     from ueb.store import Store
 
-    store = Store.open_existing(_run_path(run))
-    matches = store.find(cell)
+    store = Store.open_existing(_run_path(run), readonly=True)
+    if config:
+        Output().json(store.manifest().get("config", {}))
+        return
+    wanted = {
+        "poisoner": poisoner,
+        "countermeasure": countermeasure,
+        "victim": victim,
+        "dataset": dataset,
+        "seed": seed,
+    }
+    chosen = {k: v for k, v in wanted.items() if v is not None}
+    if cell is None and not chosen:
+        raise ConfigError(
+            "no cell named", "give a cell id (printed by `ueb run`) or select with -p/-c/-v/-d/-s"
+        )
+    matches = store.find(cell) if cell else store.records()
+    matches = [r for r in matches if all(getattr(r, k) == v for k, v in chosen.items())]
     if len(matches) != 1:
-        raise UebError(f"{len(matches)} cells match '{cell}' in {run}", "give a longer prefix (see the table.json or `ueb export`)")
+        listed = "; ".join(
+            f"{r.cell_id[:10]} {r.poisoner}/{r.countermeasure}/{r.victim}/seed {r.seed}"
+            for r in matches[:6]
+        )
+        raise UebError(
+            f"{len(matches)} cells match in {run}"
+            + (f": {listed}" + (" ..." if len(matches) > 6 else "") if matches else ""),
+            "narrow it with -p/-c/-v/-d/-s or a longer id prefix",
+        )
     Output().json(asdict(matches[0]))
 
 
@@ -226,15 +394,16 @@ def export(
     out_file: Annotated[Path | None, typer.Option("--out", "-o")] = None,
 ) -> None:
     """Export every cell record (and the manifest, for JSON)."""
-    from ueb.errors import ConfigError
     from ueb.store import Store
 
-    store = Store.open_existing(_run_path(run))
     if format not in ("json", "csv"):
         raise ConfigError(f"unknown export format '{format}'", "use json or csv")
+    store = Store.open_existing(_run_path(run), readonly=True)
     text = store.export_json() if format == "json" else store.export_csv()
     if out_file:
-        out_file.write_text(text)
+        from ueb.atomic import write_text
+
+        write_text(out_file, text, what="the export")
     else:
         Output().raw(text)
 
@@ -244,24 +413,44 @@ def export(
 
 @app.command("list")
 def list_(
-    kind: Annotated[str | None, typer.Argument(help="poisoners | countermeasures | victims | datasets (default: all)")] = None,
+    kind: Annotated[
+        str | None,
+        typer.Argument(help="poisoners | countermeasures | victims | datasets (default: all)"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List what the installed plugins provide."""
-    from ueb.errors import ConfigError
     from ueb.registry import KINDS
 
     registry = _registry()
     if kind is not None and kind not in KIND_ALIASES:
-        raise ConfigError(f"unknown kind '{kind}'", "use poisoners, countermeasures, victims or datasets")
+        raise ConfigError(
+            f"unknown kind '{kind}'", "use poisoners, countermeasures, victims or datasets"
+        )
     kinds = [KIND_ALIASES[kind]] if kind else list(KINDS)
-    rows = [
-        {"kind": k, "name": e.name, "summary": e.summary, "plugin": e.plugin, "distribution": e.distribution, **{m: str(v) for m, v in e.meta.items()}}
-        for k in kinds
-        for e in (registry.entries[k][n] for n in registry.names(k))
-    ]
+    rows = []
+    for k in kinds:
+        for e in (registry.entries[k][n] for n in registry.names(k)):
+            meta = {m: str(v) for m, v in e.meta.items()}
+            if k == "countermeasure":
+                meta["stage"] = str(e.stage())
+            rows.append(
+                {
+                    "kind": k,
+                    "name": e.name,
+                    "summary": e.summary,
+                    "plugin": e.plugin,
+                    "distribution": e.distribution,
+                    **meta,
+                }
+            )
     out = Output(json_mode=as_json)
-    out.rows(rows, columns=["kind", "name", "stage", "summary", "distribution"], title="Registered plugins")
+    out.rows(
+        rows,
+        columns=["kind", "name", "stage", "summary", "distribution"],
+        title="Registered plugins",
+        wrap="summary",
+    )
 
 
 @app.command()
@@ -278,14 +467,41 @@ def plugins(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         }
         for rec in sorted(registry.host.records.values(), key=lambda r: (r.distribution, r.name))
     ]
-    Output(json_mode=as_json).rows(rows, columns=["plugin", "distribution", "version", "status", "registered"], title="Plugins")
+    Output(json_mode=as_json).rows(
+        rows, columns=["plugin", "distribution", "version", "status", "registered"], title="Plugins"
+    )
 
 
 @app.command()
-def profiles() -> None:
-    """The available profiles and what they set."""
+def profiles(
+    presets: Annotated[
+        bool,
+        typer.Option("--presets", help="Also list the scale presets the installed plugins ship."),
+    ] = False,
+) -> None:
+    """The available profiles and what they set (and, with --presets, what plugins bring)."""
     from ueb.profile import available_profiles, load_profile
 
+    if presets:
+        registry = _registry()
+        rows_p = []
+        for k, names in registry.entries.items():
+            for n, e in names.items():
+                for scale, values in sorted((getattr(e.load_class(), "presets", {}) or {}).items()):
+                    rows_p.append(
+                        {
+                            "plugin": n,
+                            "kind": k,
+                            "scale": scale,
+                            "settings": ", ".join(f"{a}={b}" for a, b in values.items()),
+                        }
+                    )
+        Output().rows(
+            rows_p,
+            columns=["plugin", "kind", "scale", "settings"],
+            title="Scale presets shipped by plugins (under the profile's [plugins.NAME] and --param)",
+            wrap="settings",
+        )
     rows = []
     for name in available_profiles():
         p = load_profile(name)
@@ -300,7 +516,11 @@ def profiles() -> None:
                 "description": p.description,
             }
         )
-    Output().rows(rows, columns=["profile", "victims", "datasets", "iterations", "batch", "description"], title="Profiles")
+    Output().rows(
+        rows,
+        columns=["profile", "victims", "datasets", "iterations", "batch", "description"],
+        title="Profiles",
+    )
 
 
 # --------------------------------------------------------------------------- entry point
@@ -316,7 +536,9 @@ def get_app() -> typer.Typer:
 
     host = get_host()
     if not getattr(app, "_ueb_plugin_commands", False):
-        for impl in sorted(host.pm.hook.register_commands.get_hookimpls(), key=lambda i: i.plugin_name):
+        for impl in sorted(
+            host.pm.hook.register_commands.get_hookimpls(), key=lambda i: i.plugin_name
+        ):
             try:
                 impl.function(cli=app)
             except Exception as exc:
@@ -325,12 +547,28 @@ def get_app() -> typer.Typer:
     return app
 
 
-def _prescan_plugins_dir(argv: list[str]) -> None:
-    for i, arg in enumerate(argv):
-        if arg == "--plugins-dir" and i + 1 < len(argv):
+def _take_plugins_dir(argv: list[str]) -> list[str]:
+    """`--plugins-dir DIR` works before or after the subcommand: it is read here (plugins load
+    before the commands are built) and removed from the arguments."""
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg == "--plugins-dir":
+            if i + 1 >= len(argv):
+                raise UebError("--plugins-dir needs a folder", "write --plugins-dir DIR")
             os.environ["UEB_PLUGINS_DIR"] = argv[i + 1]
-        elif arg.startswith("--plugins-dir="):
+            i += 2
+            continue
+        if arg.startswith("--plugins-dir="):
             os.environ["UEB_PLUGINS_DIR"] = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return rest
 
 
 def _click_error_types() -> tuple[type[BaseException], ...]:
@@ -357,9 +595,9 @@ def main() -> None:
     """Entry point. Runs the app with `standalone_mode=False` so that ueb's own errors become one
     line, which means exit codes (`raise typer.Exit(1)` comes back as a return value) and usage
     errors must be handled here."""
-    _prescan_plugins_dir(sys.argv[1:])
     try:
-        code = get_app()(standalone_mode=False)
+        args = _take_plugins_dir(sys.argv[1:])
+        code = get_app()(args=args, prog_name="ueb", standalone_mode=False)
     except UebError as exc:
         Output().error(exc.line())
         sys.exit(2)

@@ -14,10 +14,18 @@ from ueb.registry import Registry
 def git_commit() -> str:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(ueb.__file__).parent, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(ueb.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(ueb.__file__).parent, capture_output=True, text=True, timeout=5
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=Path(ueb.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         if out.returncode == 0:
             return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
@@ -46,7 +54,12 @@ def environment_manifest(registry: Registry, device: str) -> dict[str, Any]:
         "device": device,
         "device_name": device_name(device),
         "plugins": {
-            name: {"distribution": rec.distribution, "version": rec.version, "ok": rec.ok, "error": rec.error}
+            name: {
+                "distribution": rec.distribution,
+                "version": rec.version,
+                "ok": rec.ok,
+                "error": rec.error,
+            }
             for name, rec in sorted(registry.host.records.items())
         },
     }

@@ -15,44 +15,40 @@ from typing import Any
 
 from ueb.config import RunConfig
 from ueb.errors import ConfigError
+from ueb.plan import Cell
+from ueb.policy import one_line, recoverable
+from ueb.store import CellRecord
+from ueb.worker import CellWorker, Job
 
 _WORKERS: dict[str, Any] = {}
 
 
-def _worker_for(job: Any) -> Any:
+def _worker_for(job: Job) -> CellWorker:
     """One CellWorker per process and job, so datasets and poisons stay in memory between tasks."""
     from ueb.registry import get_registry
-    from ueb.runner import CellWorker
 
-    key = f"{job.run_dir}|{job.cache_root}"
+    key = f"{job.run_dir}|{job.cache_root}|{job.plan.run_id()}"
     if key not in _WORKERS:
         _WORKERS.clear()
         _WORKERS[key] = CellWorker(job, get_registry(), log=lambda _m: None)
-    return _WORKERS[key]
+    return _WORKERS[key]  # type: ignore[no-any-return]
 
 
-def poison_task(job: Any, group: tuple[str, str, int]) -> tuple[tuple[str, str, int], str | None]:
-    """Compute (or find cached) one group's poison; returns the group and an error line or None."""
-    from ueb.runner import one_line, recoverable
-
+def poison_task(
+    job: Job, group: tuple[str, str, int]
+) -> tuple[tuple[str, str, int], str | None, bool]:
+    """Compute (or find cached) one group's poison: (group, error line or None, fatal)."""
     try:
         _worker_for(job).poisoned(*group)
-        return group, None
+        return group, None, False
     except Exception as exc:
-        if not recoverable(exc):
-            raise
-        return group, one_line(exc)
+        return group, one_line(exc), not recoverable(exc)
 
 
-def cell_task(job: Any, cell: Any, cell_id: str) -> tuple[Any, bool]:
-    """Run one cell; returns (record, fatal)."""
-    from ueb.runner import error_record, one_line, recoverable
-
-    worker = _worker_for(job)
-    try:
-        return worker.run_cell(cell, cell_id), False
-    except Exception as exc:
-        return error_record(job.run, cell, cell_id, one_line(exc)), not recoverable(exc)
+def cell_task(job: Job, cell: Cell) -> tuple[CellRecord, bool]:
+    """Run one cell: (record, fatal)."""
+    record, fatal = _worker_for(job).run_cell_safe(cell)
+    return record, fatal is not None
 
 
 def _init_process(threads: int) -> None:
@@ -66,7 +62,12 @@ class ProcessPool:
 
     def __init__(self, workers: int) -> None:
         threads = max(1, (os.cpu_count() or 1) // workers)
-        self.pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_process, initargs=(threads,))
+        self.pool = cf.ProcessPoolExecutor(
+            workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_init_process,
+            initargs=(threads,),
+        )
 
     def __enter__(self) -> ProcessPool:
         return self
@@ -74,7 +75,9 @@ class ProcessPool:
     def __exit__(self, *exc: Any) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def map_unordered(self, fn: Callable[..., Any], args: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
+    def map_unordered(
+        self, fn: Callable[..., Any], args: Iterable[tuple[Any, ...]]
+    ) -> Iterator[Any]:
         futures = [self.pool.submit(fn, *a) for a in args]
         for fut in cf.as_completed(futures):
             yield fut.result()
@@ -83,16 +86,24 @@ class ProcessPool:
 class RayPool:
     """Cells as Ray tasks with CPU/GPU requests; `address=None` starts a local Ray instance."""
 
-    def __init__(self, address: str | None, cpus_per_task: float, gpus_per_task: float, workers: int) -> None:
+    def __init__(
+        self, address: str | None, cpus_per_task: float, gpus_per_task: float, workers: int
+    ) -> None:
         try:
             import ray
         except ImportError as exc:
-            raise ConfigError("--executor ray needs Ray", "pip install 'ueb[ray]' (or pip install ray)") from exc
+            raise ConfigError(
+                "--executor ray needs Ray", "pip install 'ueb[ray]' (or pip install ray)"
+            ) from exc
         self.ray = ray
         env = {k: v for k, v in os.environ.items() if k.startswith("UEB_")}
         self._started = not ray.is_initialized()
         if self._started:
-            kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "include_dashboard": False, "log_to_driver": False}
+            kwargs: dict[str, Any] = {
+                "runtime_env": {"env_vars": env},
+                "include_dashboard": False,
+                "log_to_driver": False,
+            }
             if address:
                 kwargs["address"] = address
             else:
@@ -107,7 +118,9 @@ class RayPool:
         if self._started:
             self.ray.shutdown()
 
-    def map_unordered(self, fn: Callable[..., Any], args: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
+    def map_unordered(
+        self, fn: Callable[..., Any], args: Iterable[tuple[Any, ...]]
+    ) -> Iterator[Any]:
         remote = self.ray.remote(**self.options)(fn)
         pending = [remote.remote(*a) for a in args]
         while pending:
@@ -118,7 +131,9 @@ class RayPool:
 def make_executor(config: RunConfig) -> ProcessPool | RayPool | None:
     """None means: run the cells here, one after the other (with nested progress bars)."""
     if config.executor == "ray":
-        return RayPool(config.ray_address, config.cpus_per_cell, config.gpus_per_cell, config.workers)
+        return RayPool(
+            config.ray_address, config.cpus_per_cell, config.gpus_per_cell, config.workers
+        )
     if config.workers > 1:
         return ProcessPool(config.workers)
     return None

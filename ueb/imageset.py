@@ -25,7 +25,9 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
-            raise ValueError(f"ImageSet images must be (N, C, H, W), got shape {tuple(self.images.shape)}")
+            raise ValueError(
+                f"ImageSet images must be (N, C, H, W), got shape {tuple(self.images.shape)}"
+            )
         if self.images.dtype not in (torch.uint8, torch.float32):
             raise ValueError(f"ImageSet images must be uint8 or float32, got {self.images.dtype}")
         if self.labels.ndim != 1 or len(self.labels) != len(self.images):

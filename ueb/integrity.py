@@ -26,7 +26,10 @@ HALF_LEVEL = 0.5 / 255
 def finalize_poison(clean: ImageSet, output: torch.Tensor, who: str) -> torch.Tensor:
     """Validate a poisoner's raw output and return it as uint8 on the CPU."""
     if not isinstance(output, torch.Tensor):
-        raise IntegrityError(f"{who} returned {type(output).__name__}, not a tensor", "return the poisoned images as a tensor")
+        raise IntegrityError(
+            f"{who} returned {type(output).__name__}, not a tensor",
+            "return the poisoned images as a tensor",
+        )
     if tuple(output.shape) != tuple(clean.images.shape):
         raise IntegrityError(
             f"{who} returned images of shape {tuple(output.shape)}, expected {tuple(clean.images.shape)}",
@@ -36,13 +39,21 @@ def finalize_poison(clean: ImageSet, output: torch.Tensor, who: str) -> torch.Te
     if output.dtype == torch.uint8:
         return output
     if not output.is_floating_point():
-        raise IntegrityError(f"{who} returned dtype {output.dtype}", "return float images in [0, 1] or uint8")
+        raise IntegrityError(
+            f"{who} returned dtype {output.dtype}", "return float images in [0, 1] or uint8"
+        )
     if not torch.isfinite(output).all():
         bad = int((~torch.isfinite(output)).flatten(1).any(1).sum())
-        raise IntegrityError(f"{who} returned NaN/inf values in {bad} images", "fix the poisoner (check for divisions by zero)")
+        raise IntegrityError(
+            f"{who} returned NaN/inf values in {bad} images",
+            "fix the poisoner (check for divisions by zero)",
+        )
     lo, hi = float(output.min()), float(output.max())
     if lo < -1e-6 or hi > 1 + 1e-6:
-        raise IntegrityError(f"{who} returned values in [{lo:.4f}, {hi:.4f}], outside [0, 1]", "clamp the poisoned images to [0, 1]")
+        raise IntegrityError(
+            f"{who} returned values in [{lo:.4f}, {hi:.4f}], outside [0, 1]",
+            "clamp the poisoned images to [0, 1]",
+        )
     return quantize(output.float())
 
 
@@ -56,7 +67,9 @@ def perturbation_stats(clean: torch.Tensor, poisoned: torch.Tensor) -> dict[str,
     delta = (poisoned.float() - clean.float()) / 255.0
     flat = delta.flatten(1)
     mse = flat.pow(2).mean(1)
-    psnr = torch.where(mse > 0, 10 * torch.log10(1.0 / mse.clamp_min(1e-20)), torch.full_like(mse, math.inf))
+    psnr = torch.where(
+        mse > 0, 10 * torch.log10(1.0 / mse.clamp_min(1e-20)), torch.full_like(mse, math.inf)
+    )
     finite = psnr[torch.isfinite(psnr)]
     changed = (delta != 0).any(1).flatten(1).sum(1).float()  # pixel positions changed
     return {
@@ -109,7 +122,9 @@ def check_budget(clean: torch.Tensor, poisoned: torch.Tensor, budget: Budget, wh
                 "change at most the declared number of pixel positions",
             )
     else:
-        raise IntegrityError(f"{who} declares an unknown norm '{budget.norm}'", "use linf, l2, l0 or unbounded")
+        raise IntegrityError(
+            f"{who} declares an unknown norm '{budget.norm}'", "use linf, l2, l0 or unbounded"
+        )
 
 
 def check_sample_wise(clean: ImageSet, poisoned: torch.Tensor, who: str) -> None:
@@ -127,7 +142,9 @@ def check_sample_wise(clean: ImageSet, poisoned: torch.Tensor, who: str) -> None
             )
 
 
-def check_poison(clean: ImageSet, output: torch.Tensor, budget: Budget, sample_wise: bool, who: str) -> tuple[torch.Tensor, dict[str, Any]]:
+def check_poison(
+    clean: ImageSet, output: torch.Tensor, budget: Budget, sample_wise: bool, who: str
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """All checks; returns the uint8 poison and its statistics."""
     poisoned = finalize_poison(clean, output, who)
     clean_u8 = clean.uint8().cpu()

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -25,17 +25,36 @@ if TYPE_CHECKING:
 
     from ueb.artifacts import ArtifactStore
     from ueb.imageset import ImageSet
-    from ueb.profile import Profile
+    from ueb.profile import TrainingConfig
     from ueb.progress import Progress
-    from ueb.registry import Registry
-    from ueb.training import Trainer
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """Another plugin this one builds while it runs (a surrogate victim, a source dataset).
+
+    Declared by `Plugin.requires()` so that the plan can resolve it into a spec (version and
+    typed parameters) whose digest enters this plugin's cache keys; `RunContext.plugin` only
+    builds declared requirements.
+    """
+
+    kind: str
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Plugin(ABC):  # noqa: B024 (abstract per kind below)
-    """Common base: a name given by the registry, a version, typed parameters."""
+    """Common base: a name given by the registry, a version, typed parameters.
+
+    `presets` are scale settings a plugin ships for the profiles (`{"smoke": {...}, "quick":
+    {...}, "paper": {...}}`); they sit under the profile's `[plugins.NAME]` table and the
+    user's parameters, so a third-party plugin gets CPU-scale settings without editing a
+    profile.
+    """
 
     kind: ClassVar[str] = "plugin"
     version: ClassVar[str] = "1"
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     @dataclass(frozen=True)
     class Params:
@@ -48,31 +67,58 @@ class Plugin(ABC):  # noqa: B024 (abstract per kind below)
     def describe(self) -> str:
         return f"{self.kind} {self.name}@{self.version}"
 
+    def requires(self) -> list[Requirement]:
+        """Plugins this one builds through `ctx.plugin` (resolved and hashed by the plan)."""
+        return []
+
+    def bind(self, training: TrainingConfig) -> Any:
+        """This plugin's Params with settings that depend on the run filled in.
+
+        The plan calls it once; what it returns is what is hashed, stored and printed. A
+        plugin whose parameter means "the run's value" (say `extractor_iterations=0`: as long
+        as the victim's training) returns Params with the real number.
+        """
+        return self.params
+
+    def preflight(self) -> None:  # noqa: B027 (optional hook; most plugins need none)
+        """Check local inputs (files, folders) before any work; raise ConfigError."""
+
 
 # --------------------------------------------------------------------------- run context
 
 
+PluginProvider = Callable[[str, str, "Mapping[str, Any] | None"], Any]
+
+
 @dataclass
 class RunContext:
-    """What the framework hands a plugin while a cell runs.
+    """What the framework hands a plugin while it runs, and nothing else.
 
-    `artifacts` caches expensive intermediate products (trained surrogates, hiders, semantic
-    image banks) by content hash; `progress` shows long work; `registry` lets a plugin build
-    another plugin (a surrogate victim, say) by name.
+    Every input here is part of the keys of what the plugin produces: `seed`, `training` (the
+    run's victim-training protocol) and the specs of the plugins it `requires()`. `artifacts`
+    caches expensive intermediate products (trained surrogates, hiders, semantic image banks)
+    by recipe; `progress` shows long work. `device`, `data_root` and `log` say where, not what.
     """
 
     seed: int
     device: str
-    profile: Profile
     artifacts: ArtifactStore
     progress: Progress
-    registry: Registry
+    training: TrainingConfig
     data_root: Path | None = None
     log: Callable[[str], None] = print
+    provider: PluginProvider | None = None
 
-    def plugin_overrides(self, name: str) -> dict[str, Any]:
-        """The profile's scale settings for plugin `name` (e.g. fewer PGD steps on a CPU)."""
-        return dict(self.profile.plugins.get(name, {}))
+    def plugin(self, kind: str, name: str, params: Mapping[str, Any] | None = None) -> Any:
+        """An instance of another plugin the caller declared in `requires()`."""
+        if self.provider is None:
+            from ueb.errors import PluginError
+
+            raise PluginError(
+                f"no plugin provider in this context (asked for {kind} '{name}')",
+                "build the context with provider=...",
+            )
+        return self.provider(kind, name, params)
 
 
 # --------------------------------------------------------------------------- poisoners
@@ -171,6 +217,19 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class Fitter(Protocol):
+    """What a countermeasure's `fit` receives: ueb.training.Trainer, configured for the run."""
+
+    def fit(
+        self,
+        model: nn.Module,
+        train: ImageSet,
+        test: ImageSet,
+        hooks: Any = None,
+        description: str = "training",
+    ) -> TrainResult: ...
+
+
 # --------------------------------------------------------------------------- countermeasures
 
 Stage = Literal["data", "train", "protocol"]
@@ -203,7 +262,7 @@ class Countermeasure(Plugin):
         return batch.loss(model(batch.x))
 
     def fit(
-        self, model: nn.Module, train: ImageSet, test: ImageSet, trainer: Trainer, ctx: RunContext
+        self, model: nn.Module, train: ImageSet, test: ImageSet, trainer: Fitter, ctx: RunContext
     ) -> TrainResult:
         return trainer.fit(model, train, test, hooks=self)
 

@@ -1,30 +1,42 @@
-"""One output object: rich tables for a person, JSON for a machine, errors on stderr."""
+"""One output object: rich tables for a person, JSON for a machine, errors on stderr.
+
+Text that comes from outside ueb's own strings (error messages, plugin summaries, names) is
+printed literally: never as rich markup, never with emoji codes (`module:Ghost:` stays text).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from ueb.plan import Plan
 
 
 class Output:
     def __init__(self, json_mode: bool = False) -> None:
         self.json_mode = json_mode
-        self.console = Console()
-        self.err = Console(stderr=True)
+        self.console = Console(emoji=False, highlight=False)
+        self.err = Console(stderr=True, emoji=False, highlight=False)
 
     def info(self, message: str) -> None:
         if not self.json_mode:
-            self.console.print(message)
+            self.console.print(message, markup=False, soft_wrap=True)
 
     def log(self, message: str) -> None:
-        self.console.print(message, highlight=False)
+        self.console.print(message, markup=False, soft_wrap=True)
+
+    def warn(self, line: str) -> None:
+        """A failure the user must see, also under --quiet (stderr)."""
+        self.err.print(f"[bold yellow]warning:[/bold yellow] {escape(line)}", soft_wrap=True)
 
     def error(self, line: str) -> None:
-        self.err.print(f"[bold red]error:[/bold red] {line}", highlight=False, soft_wrap=True)
+        self.err.print(f"[bold red]error:[/bold red] {escape(line)}", soft_wrap=True)
 
     def raw(self, text: str) -> None:
         self.console.out(text, highlight=False, end="")
@@ -40,21 +52,79 @@ class Output:
         else:
             self.console.print(table)
 
-    def rows(self, rows: list[dict[str, Any]], columns: list[str], title: str = "") -> None:
+    def report_table(self, table: Any, plain: str) -> None:
+        """A result table laid out for this terminal's width (markdown off a terminal)."""
+        from ueb.report import to_rich
+
+        if not self.console.is_terminal:
+            self.raw(plain)
+            return
+        try:
+            rendered = to_rich(table, width=self.console.width)  # type: ignore[call-arg]
+        except TypeError:  # a renderer without width support
+            rendered = to_rich(table)
+        for part in rendered if isinstance(rendered, list) else [rendered]:
+            self.console.print(part)
+
+    def rows(
+        self,
+        rows: list[dict[str, Any]],
+        columns: list[str],
+        title: str = "",
+        wrap: str | None = None,
+    ) -> None:
+        """A table of plain values. In a narrow terminal every column but `wrap` keeps its full
+        width and `wrap` takes what is left (at least a readable minimum)."""
         if self.json_mode:
             self.json(rows)
             return
-        t = Table(title=title)
         present = [c for c in columns if any(c in r for r in rows)]
+        t = Table(title=title, expand=False)
         for c in present:
-            t.add_column(c)
+            if c == wrap:
+                t.add_column(c, overflow="fold", ratio=1, min_width=24)
+            else:
+                t.add_column(c, no_wrap=True, overflow="fold")
         for r in rows:
-            t.add_row(*(str(r.get(c, "")) for c in present))
+            t.add_row(*(escape(str(r.get(c, ""))) for c in present))
         self.console.print(t)
 
-    def config(self, described: dict[str, Any], run_dir: Path) -> None:
+    def introduce(
+        self, plan: Plan, run_dir: Path, preview: dict[str, int] | None, brief: bool = False
+    ) -> None:
+        """What will run, in a few lines (the full configuration: `--dry-run` or `ueb show --config`)."""
         if self.json_mode:
             return
-        self.console.print(f"[bold]run directory[/bold] {run_dir}")
-        brief = {k: described[k] for k in ("profile", "datasets", "poisoners", "countermeasures", "victims", "seeds", "params", "device")}
-        self.console.print_json(json.dumps(brief, default=str))
+        lines = [
+            f"run directory  {run_dir}",
+            f"profile        {plan.profile.name}  ({plan.profile.training.iterations} steps, batch {plan.profile.training.batch_size})",
+            f"poisoners      {_names(plan.poisoners)}",
+            f"countermeas.   {_names(plan.countermeasures)}",
+            f"victims        {_names(plan.victims)}   datasets {_names(plan.datasets)}   seeds {_names([str(s) for s in plan.seeds])}",
+        ]
+        if any(f < 1.0 for f in plan.fractions):
+            lines.append(f"poison fraction {', '.join(f'{f:g}' for f in plan.fractions)}")
+        if plan.user_params:
+            lines.append(
+                "parameters     "
+                + "; ".join(
+                    f"{k}: " + ", ".join(f"{a}={b}" for a, b in v.items())
+                    for k, v in plan.user_params.items()
+                )
+            )
+        if preview is not None:
+            lines.append(
+                f"cells          {preview['cells']}: {preview['done']} done here, {preview['reusable']} reusable from other runs, "
+                f"{preview['todo']} to compute; poisons {preview['poisons_cached']} cached, {preview['poisons_todo']} to compute"
+            )
+        if brief:
+            lines = [lines[0], lines[-1]]
+        for line in lines:
+            self.console.print(line, markup=False, soft_wrap=False, overflow="fold")
+
+
+def _names(names: Any, limit: int = 8) -> str:
+    names = list(names)
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f" ... ({len(names)} in all)"

@@ -94,7 +94,16 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        if isinstance(value, str) and value.lower() in (
+            "true",
+            "1",
+            "yes",
+            "on",
+            "false",
+            "0",
+            "no",
+            "off",
+        ):
             return value.lower() in ("true", "1", "yes", "on")
         raise ConfigError(f"{where} should be true or false, got {value!r}")
     if tp is int:
@@ -106,7 +115,11 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             return int(value)
         if isinstance(value, str):
             try:
-                return int(float(value)) if float(value).is_integer() else _bad(value, "an integer", where)
+                return (
+                    int(float(value))
+                    if float(value).is_integer()
+                    else _bad(value, "an integer", where)
+                )
             except ValueError:
                 pass
         return _bad(value, "an integer", where)

@@ -4,8 +4,8 @@ Loading is lazy (first use) and done once. One broken plugin is reported and ski
 CLI still works; set UEB_STRICT_PLUGINS=1 (CI does) to make any failure fatal.
 
 Environment:
-  UEB_PLUGINS       comma-separated distribution names whose entry points load (unset: all;
-                    empty: none). The test suite sets it to "ueb" so whatever else is
+  UEB_PLUGINS       comma-separated distribution names whose entry points load besides ueb's
+                    own (unset: all; empty: none; '-', '_' and case do not matter). The test suite sets it to "ueb" so whatever else is
                     installed cannot change its results.
   UEB_PLUGINS_DIR   a folder of plugin .py files to load without installing them.
   UEB_STRICT_PLUGINS=1  a plugin that fails to load is an error, not a warning.
@@ -48,6 +48,27 @@ class PluginRecord:
         return self.error is None
 
 
+def canonical_distribution(name: str) -> str:
+    """Distribution names compare as packaging does: case, '-', '_' and '.' do not matter."""
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def allowed_distributions() -> set[str] | None:
+    """UEB_PLUGINS as canonical distribution names (None: load every distribution).
+
+    ueb's own distribution is always loaded: without it no dataset or victim exists, so
+    `UEB_PLUGINS=my-dist` means "the built-ins and my-dist"; `UEB_PLUGINS=` (empty) is the one
+    way to load no entry point at all.
+    """
+    only = os.environ.get("UEB_PLUGINS")
+    if only is None:
+        return None
+    names = {canonical_distribution(s.strip()) for s in only.split(",") if s.strip()}
+    return names | {"ueb"} if names else set()
+
+
 def strict_mode() -> bool:
     return os.environ.get("UEB_STRICT_PLUGINS", "") not in ("", "0", "false")
 
@@ -69,27 +90,43 @@ class PluginHost:
     # -- loading -----------------------------------------------------------------------
 
     def _load_entry_points(self) -> None:
-        only = os.environ.get("UEB_PLUGINS")
-        allowed = None if only is None else {s.strip() for s in only.split(",") if s.strip()}
-        eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.dist.name if e.dist else "", e.name))
+        allowed = allowed_distributions()
+        eps = sorted(
+            md.entry_points(group=ENTRY_POINT_GROUP),
+            key=lambda e: (e.dist.name if e.dist else "", e.name),
+        )
+        if allowed:
+            present = {canonical_distribution(e.dist.name) for e in eps if e.dist}
+            for name in sorted(allowed - present):
+                message = (
+                    f"UEB_PLUGINS names '{name}', but no installed distribution by that name has ueb entry points "
+                    f"(installed: {', '.join(sorted(present)) or 'none'})"
+                )
+                if strict_mode():
+                    raise PluginError(message, "install it or correct UEB_PLUGINS")
+                print(f"warning: {message}", file=sys.stderr)
         for ep in eps:
             dist = ep.dist.name if ep.dist else "?"
             version = ep.dist.version if ep.dist else "?"
-            if allowed is not None and dist not in allowed:
+            if allowed is not None and canonical_distribution(dist) not in allowed:
                 continue
+            # Plugins are known by "distribution:entry-point", so a third party may name an
+            # entry point like a built-in one ("baselines") without taking over its record.
             key = f"{dist}:{ep.name}"
             if key in self.records:
                 continue
             try:
                 module = ep.load()
             except Exception as exc:  # a broken plugin must not take the CLI down
-                self._failed(PluginRecord(ep.name, dist, version, ep.value), exc)
+                self._failed(PluginRecord(key, dist, version, ep.value), exc)
                 continue
-            self.register(module, name=ep.name, distribution=dist, version=version, source=ep.value)
+            self.register(module, name=key, distribution=dist, version=version, source=ep.value)
 
     def load_folder(self, folder: Path) -> None:
         if not folder.is_dir():
-            raise PluginError(f"plugins folder {folder} does not exist", "pass an existing folder of .py files")
+            raise PluginError(
+                f"plugins folder {folder} does not exist", "pass an existing folder of .py files"
+            )
         for path in sorted(folder.glob("*.py")):
             name = f"ueb_local_{path.stem}"
             try:
@@ -101,7 +138,9 @@ class PluginHost:
             except Exception as exc:
                 self._failed(PluginRecord(path.stem, "<plugins-dir>", "-", str(path)), exc)
                 continue
-            self.register(module, name=path.stem, distribution="<plugins-dir>", version="-", source=str(path))
+            self.register(
+                module, name=path.stem, distribution="<plugins-dir>", version="-", source=str(path)
+            )
 
     def register(
         self,
@@ -161,6 +200,3 @@ def set_host(host: PluginHost | None) -> None:
     """Replace (or with None, forget) the process-wide host; tests use this."""
     global _host
     _host = host
-    from ueb import registry
-
-    registry.reset_registry()

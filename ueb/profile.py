@@ -1,8 +1,9 @@
 """Profiles: the scale of a run (smoke, quick, paper) as data, read from TOML.
 
 A profile fixes the training protocol, the data subset, the default victim and dataset, and
-per-plugin scale parameters (`[plugins.NAME]`, NAME may be a glob). Code never branches on a
-profile's name; everything it changes is a field here.
+per-plugin scale parameters (`[plugins.NAME]`, NAME may be a glob). Plugins may ship their own
+scale presets (`Plugin.presets[scale]`), which sit under the profile's tables. Code never
+branches on a profile's name; everything it changes is a field here.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class DataConfig:
 class Profile:
     name: str
     description: str = ""
+    # Which of a plugin's scale presets apply ("smoke", "quick", "paper"); default: the name.
+    scale: str = ""
     victims: tuple[str, ...] = ("resnet18",)
     datasets: tuple[str, ...] = ("cifar10",)
     seeds: tuple[int, ...] = (0,)
@@ -84,7 +87,8 @@ def load_profile(name_or_path: str) -> Profile:
         path = PROFILE_DIR / f"{name_or_path}.toml"
     if not path.exists():
         raise ConfigError(
-            f"unknown profile '{name_or_path}'", f"use one of {', '.join(available_profiles())} or a .toml path"
+            f"unknown profile '{name_or_path}'",
+            f"use one of {', '.join(available_profiles())} or a .toml path",
         )
     try:
         raw = tomllib.loads(path.read_text())
@@ -104,6 +108,7 @@ def profile_from_dict(raw: dict[str, Any], where: str) -> Profile:
     return Profile(
         name=base.name,
         description=base.description,
+        scale=base.scale,
         victims=base.victims,
         datasets=base.datasets,
         seeds=base.seeds,
@@ -117,6 +122,7 @@ def profile_from_dict(raw: dict[str, Any], where: str) -> Profile:
 class _ProfileHead:
     name: str
     description: str = ""
+    scale: str = ""
     victims: tuple[str, ...] = ("resnet18",)
     datasets: tuple[str, ...] = ("cifar10",)
     seeds: tuple[int, ...] = (0,)

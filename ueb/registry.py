@@ -10,11 +10,14 @@ import fnmatch
 import importlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ueb.errors import ConfigError, PluginError
 from ueb.params import closest, parse_params
 from ueb.plugins import PluginHost, get_host
+
+if TYPE_CHECKING:
+    from ueb.interfaces import PluginProvider
 
 KINDS = ("poisoner", "countermeasure", "victim", "dataset")
 HOOKS = {
@@ -63,6 +66,13 @@ class Entry:
                 f"{self.kind} '{self.name}' from {self.distribution} is {obj!r}, not a {base.__name__} subclass",
                 "the plugin must register a class implementing the interface",
             )
+        hint = self.meta.get("stage")
+        if self.kind == "countermeasure" and hint is not None and hint != obj.stage:
+            raise PluginError(
+                f"countermeasure '{self.name}' ({self.distribution}) is registered with stage='{hint}' "
+                f"but its class {obj.__name__} declares stage = '{obj.stage}'",
+                "declare the stage once, as the class attribute `stage` (drop or correct the register() argument)",
+            )
         return obj
 
     def create(self, params: Mapping[str, Any] | None = None) -> Any:
@@ -70,7 +80,18 @@ class Entry:
         cls = self.load_class()
         merged = {**self.defaults, **(params or {})}
         typed = parse_params(cls.Params, merged, where=f"{self.kind} '{self.name}'")
-        return cls(typed, name=self.name)
+        try:
+            return cls(typed, name=self.name)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid parameters for {self.kind} '{self.name}': {exc}") from exc
+
+    def stage(self) -> str | None:
+        """A countermeasure's stage: its class attribute (a `stage=` given to `register` is only
+        a listing hint and must agree). Listing uses the hint when there is one, so that it
+        needs no import."""
+        if self.kind != "countermeasure":
+            return None
+        return str(self.meta.get("stage") or self.load_class().stage)
 
 
 class Registry:
@@ -160,11 +181,17 @@ class Registry:
                 if not pat:
                     continue
                 if pat == "all":
-                    matches = [n for n in self.names(kind) if not self.entries[kind][n].meta.get("hidden_from_all")]
+                    matches = [
+                        n
+                        for n in self.names(kind)
+                        if not self.entries[kind][n].meta.get("hidden_from_all")
+                    ]
                 elif any(ch in pat for ch in "*?["):
                     matches = [n for n in self.names(kind) if fnmatch.fnmatchcase(n, pat)]
                     if not matches:
-                        raise ConfigError(f"no {kind} matches '{pat}'", f"see `ueb list {PLURAL[kind]}`")
+                        raise ConfigError(
+                            f"no {kind} matches '{pat}'", f"see `ueb list {PLURAL[kind]}`"
+                        )
                 else:
                     self.get(kind, pat)
                     matches = [pat]
@@ -181,10 +208,22 @@ def variant_name(base: str, values: Mapping[str, Any]) -> str:
 
 
 def get_registry() -> Registry:
+    """The registry of the process-wide plugin host (rebuilt when the host is replaced)."""
     global _registry
-    if _registry is None:
-        _registry = Registry()
+    host = get_host()
+    if _registry is None or _registry.host is not host:
+        _registry = Registry(host)
     return _registry
+
+
+def registry_provider(registry: Registry) -> PluginProvider:
+    """A `RunContext.provider` that builds any registered plugin (tools and tests; a run's
+    context builds only what the plan resolved)."""
+
+    def provide(kind: str, name: str, params: Mapping[str, Any] | None = None) -> Any:
+        return registry.create(kind, name, params)
+
+    return provide
 
 
 def reset_registry() -> None:

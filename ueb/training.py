@@ -108,7 +108,9 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def optimizer(self, params: list[torch.nn.Parameter] | object) -> tuple[torch.optim.Optimizer, object]:
+    def optimizer(
+        self, params: list[torch.nn.Parameter] | object
+    ) -> tuple[torch.optim.Optimizer, object]:
         """SGD with momentum and weight decay, and a step schedule counted in iterations."""
         cfg = self.cfg
         opt = torch.optim.SGD(
@@ -118,7 +120,9 @@ class Trainer:
             weight_decay=cfg.weight_decay,
             nesterov=cfg.nesterov,
         )
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
+        sched = torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=list(cfg.milestones), gamma=cfg.gamma
+        )
         return opt, sched
 
     def batches(self, n: int, gen: torch.Generator) -> Iterator[torch.Tensor]:

@@ -22,7 +22,7 @@ from torch import nn
 
 from ueb.errors import ConfigError
 from ueb.imageset import ImageSet
-from ueb.interfaces import Budget, Poisoner, RunContext
+from ueb.interfaces import Budget, Poisoner, Requirement, RunContext
 
 from . import surrogate as S
 from .pgd import pgd_linf
@@ -76,6 +76,9 @@ class ErrorMinimizing(Poisoner):
 
     def report(self) -> dict[str, object]:
         return dict(self.facts)
+
+    def requires(self) -> list[Requirement]:
+        return [S.surrogate_requirement(self.params)]
 
     def poison(self, train: ImageSet, ctx: RunContext) -> torch.Tensor:
         if train.num_classes < 2:

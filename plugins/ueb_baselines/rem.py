@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ueb.imageset import ImageSet
-from ueb.interfaces import Budget, Poisoner, RunContext
+from ueb.interfaces import Budget, Poisoner, Requirement, RunContext
 
 from . import surrogate as S
 from .pgd import crop_flip, pgd_linf, project, uniform_start
@@ -53,6 +53,9 @@ class RobustErrorMinimizing(Poisoner):
 
     def budget(self) -> Budget:
         return Budget("linf", self.params.eps)
+
+    def requires(self) -> list[Requirement]:
+        return [S.surrogate_requirement(self.params)]
 
     def poison(self, train: ImageSet, ctx: RunContext) -> torch.Tensor:
         rec = S.recipe(self, train, ctx)

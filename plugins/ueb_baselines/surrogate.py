@@ -10,9 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ueb.errors import ConfigError
 from ueb.imageset import ImageSet
-from ueb.interfaces import RunContext
+from ueb.interfaces import Requirement, RunContext
 from ueb.params import as_dict
 from ueb.training import resolve_device
 
@@ -25,20 +24,31 @@ def generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def surrogate_requirement(params: Any) -> Requirement:
+    """The victim a surrogate-based poisoner builds: its `surrogate` at `surrogate_width`."""
+    width = getattr(params, "surrogate_width", None)
+    return Requirement("victim", params.surrogate, {"width": width} if width is not None else {})
+
+
+def victim_identity(victim: Any) -> dict[str, Any]:
+    cls = type(victim)
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "version": cls.version, "params": as_dict(victim.params)}
+
+
 def build_surrogate(
     ctx: RunContext, name: str, width: int | None, train: ImageSet, seed: int
 ) -> nn.Module:
-    """A fresh victim `name` (optionally at `width`), initialised from `seed`, on the device."""
-    if name not in ctx.registry.names("victim"):
-        raise ConfigError(
-            f"surrogate '{name}' is not a registered victim",
-            f"choose one of: {', '.join(ctx.registry.names('victim')) or 'none registered'}",
-        )
+    """A fresh victim `name` (optionally at `width`), initialised from `seed`, on the device.
+
+    The victim comes from `ctx.plugin`, so the poisoner must list it in `requires()`
+    (`surrogate_requirement`); its identity rides on the model into cached recipes.
+    """
     params = {"width": width} if width is not None else {}
-    victim = ctx.registry.create("victim", name, params)
+    victim = ctx.plugin("victim", name, params)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = victim.build(train.num_classes, train.image_size, train.channels)
+    model._ueb_victim = victim_identity(victim)  # type: ignore[assignment]
     return model.to(device_of(ctx))
 
 
@@ -74,13 +84,19 @@ def error_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 
 
 
 def recipe(poisoner: Any, train: ImageSet, ctx: RunContext, **extra: Any) -> dict[str, Any]:
-    """Everything that determines a poisoner's noise: class, version, parameters, data, seed."""
+    """Everything that determines a poisoner's noise: class, version, parameters, data, seed,
+    and the surrogate victim it declares."""
+    surrogate = None
+    if hasattr(poisoner.params, "surrogate"):
+        req = surrogate_requirement(poisoner.params)
+        surrogate = victim_identity(ctx.plugin(req.kind, req.name, req.params))
     return {
         "poisoner": type(poisoner).__name__,
         "version": poisoner.version,
         "params": as_dict(poisoner.params),
         "data": train.fingerprint(),
         "seed": ctx.seed,
+        "surrogate_victim": surrogate,
         **extra,
     }
 
@@ -105,6 +121,7 @@ def cached_model(
     ctx: RunContext, kind: str, rec: dict[str, Any], model: nn.Module, train_fn: Callable[[nn.Module, Path], None]
 ) -> nn.Module:
     """Load a trained model's weights from the store, or train `model` in place and store them."""
+    rec = {**rec, "victim": getattr(model, "_ueb_victim", None)}
     art = ctx.artifacts.get(kind, rec)
     out = art.path / "model.pt"
     if art.done and out.exists():

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ueb.imageset import ImageSet
-from ueb.interfaces import Budget, Poisoner, RunContext
+from ueb.interfaces import Budget, Poisoner, Requirement, RunContext
 from ueb.params import as_dict
 from ueb.profile import TrainingConfig
 from ueb.training import Trainer
@@ -76,6 +76,9 @@ class TargetedAdversarialPoisoning(Poisoner):
 
         model = S.cached_model(ctx, "clean-surrogate", rec, model, fit)
         return model.eval()
+
+    def requires(self) -> list[Requirement]:
+        return [S.surrogate_requirement(self.params)]
 
     def poison(self, train: ImageSet, ctx: RunContext) -> torch.Tensor:
         rec = S.recipe(self, train, ctx)

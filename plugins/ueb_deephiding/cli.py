@@ -40,7 +40,7 @@ def _setup(profile: str, dataset: str, poisoner: str, params: list[str] | None, 
     from ueb.interfaces import RunContext
     from ueb.profile import load_profile
     from ueb.progress import Progress
-    from ueb.registry import get_registry
+    from ueb.registry import get_registry, registry_provider
     from ueb.training import resolve_device
 
     prof = load_profile(profile)
@@ -53,12 +53,12 @@ def _setup(profile: str, dataset: str, poisoner: str, params: list[str] | None, 
     ctx = RunContext(
         seed=seed,
         device=str(resolve_device(None if device == "auto" else device)),
-        profile=prof,
         artifacts=ArtifactStore(cache_dir),
         progress=progress,
-        registry=registry,
+        training=prof.training,
         data_root=data_root,
         log=progress.log,
+        provider=registry_provider(registry),
     )
     return dh, train, ctx
 

@@ -19,6 +19,7 @@ from torch import nn
 from ueb.errors import ConfigError
 from ueb.imageset import ImageSet
 from ueb.interfaces import RunContext
+from ueb.params import as_dict
 from ueb.training import Trainer
 
 POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
@@ -58,7 +59,7 @@ class ConvFeatures(nn.Module):
 
 
 def build_resnet(ctx: RunContext, train: ImageSet, width: int) -> nn.Module:
-    victim = ctx.registry.create("victim", "resnet18", {"width": width})
+    victim = ctx.plugin("victim", "resnet18", {"width": width})
     return victim.build(train.num_classes, train.image_size, train.channels)
 
 
@@ -93,7 +94,7 @@ def load_extractor(
             "width": width,
             "dataset": train.fingerprint(),
             "iterations": iterations,
-            "training": {k: v for k, v in ctx.profile.training.__dict__.items() if k not in ("iterations", "eval_every")},
+            "training": {k: v for k, v in as_dict(ctx.training).items() if k not in ("iterations", "eval_every", "eval_batch_size")},
             "seed": seed,
         }
         art = ctx.artifacts.get("deephiding-extractor", recipe)
@@ -102,7 +103,7 @@ def load_extractor(
             model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
             acc = art.manifest().get("train_acc")
         else:
-            cfg = replace(ctx.profile.training, iterations=iterations, eval_every=0)
+            cfg = replace(ctx.training, iterations=iterations, eval_every=0)
             cfg = replace(cfg, milestones=tuple(int(iterations * f) for f in (0.5, 0.75)))
             trainer = Trainer(cfg, device, seed, ctx.progress)
             probe = train.subset(torch.arange(0, len(train), max(1, len(train) // 1000)))

@@ -94,7 +94,7 @@ def feature_network(
     import torch
 
     torch.manual_seed(ctx.seed)
-    model = ctx.registry.create("victim", victim).build(num_classes, image_size)
+    model = ctx.plugin("victim", victim).build(num_classes, image_size)
     if weights is not None:
         p = Path(weights)
         if not p.is_file():
@@ -140,7 +140,7 @@ def set_similarity(
         from ueb.imageset import ImageSet
         from ueb.training import Trainer
 
-        cfg = dataclasses.replace(ctx.profile.training, iterations=train_iterations, milestones=(), eval_every=train_iterations)
+        cfg = dataclasses.replace(ctx.training, iterations=train_iterations, milestones=(), eval_every=train_iterations)
         data = ImageSet(images, labels, tuple(str(c) for c in range(num_classes)), name="similarity")
         result = Trainer(cfg, ctx.device, ctx.seed, ctx.progress).fit(model, data, data, description="training the feature network")
         source += f", then trained {train_iterations} steps on this set (train acc {result.final_acc:.1f}%)"

@@ -1,0 +1,40 @@
+"""The train/test subsets a run uses, loaded once per process.
+
+The plan loads every dataset before any work (a missing file fails there, in seconds) and
+fingerprints the subsets; workers load them again through the same memo and check that the
+fingerprints still match, so a dataset file that changes mid-run cannot slip into a cell.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ueb.errors import DataError
+from ueb.interfaces import Dataset, Splits
+from ueb.profile import DataConfig
+
+_MEMO: dict[tuple[str, str, Any, Any], Splits] = {}
+
+
+def load_splits(dataset: Dataset, digest: str, data_root: str | None, data: DataConfig) -> Splits:
+    """`dataset`'s splits cut to the run's first-N-per-class subsets (memoised per process)."""
+    key = (digest, data_root or "", data.train_per_class, data.test_per_class)
+    if key not in _MEMO:
+        splits = dataset.load(Path(data_root) if data_root else None)
+        if not isinstance(splits, Splits):
+            raise DataError(
+                f"dataset '{dataset.name}' returned {type(splits).__name__}, not Splits",
+                "fix the dataset plugin's load()",
+            )
+        _MEMO[key] = Splits(
+            splits.train.first_per_class(data.train_per_class),
+            splits.test.first_per_class(data.test_per_class),
+            splits.source,
+        )
+    return _MEMO[key]
+
+
+def forget() -> None:
+    """Drop every loaded dataset (tests that rewrite dataset files use this)."""
+    _MEMO.clear()
