@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -21,10 +21,10 @@ import torch
 
 from ueb.errors import ConfigError
 from ueb.imageset import ImageSet
-from ueb.interfaces import Budget, Poisoner, RunContext
+from ueb.interfaces import Budget, Poisoner, Requirement, RunContext
 from ueb.params import as_dict
 
-HIDER_FORMAT = "1"  # bump when the hider training changes its numbers
+HIDER_FORMAT = "2"  # bump when the hider training changes its numbers
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class DeepHidingParams:
 class DeepHiding(Poisoner):
     """DH(C) / DH(S): HiNet-style invertible hiding of semantic images (paper Sec. III-B)."""
 
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     Params = DeepHidingParams
 
     def __init__(self, params: Any = None, name: str | None = None) -> None:
@@ -106,6 +106,22 @@ class DeepHiding(Poisoner):
 
     def report(self) -> dict[str, Any]:
         return dict(self._report)
+
+    def requires(self) -> list[Requirement]:
+        """The LFC extractor's ResNet-18 and, for natural hidden images, their dataset."""
+        p = self.params
+        needs = []
+        if p.w_conc != 0:
+            needs.append(Requirement("victim", "resnet18", {"width": p.extractor_width}))
+        if p.hidden == "natural":
+            needs.append(Requirement("dataset", p.natural_dataset))
+        return needs
+
+    def bind(self, training: Any) -> DeepHidingParams:
+        """`extractor_iterations=0` means "as long as the victim's training": the real number."""
+        if self.params.extractor_iterations == 0:
+            return replace(self.params, extractor_iterations=int(training.iterations))
+        return self.params
 
     def preflight(self) -> None:
         """The SIG bank's local inputs (weight folders, corpus) exist and look complete."""
@@ -157,8 +173,9 @@ class DeepHiding(Poisoner):
             if not path.is_file():
                 raise ConfigError(f"LFC extractor weights {path} do not exist", "pass a local state-dict file or leave 'extractor_weights' empty")
             return {"source": "file", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16], "width": p.extractor_width}
-        its = p.extractor_iterations or ctx.profile.training.iterations
-        return {"source": "trained", "width": p.extractor_width, "iterations": its, "seed": p.hider_seed}
+        its = p.extractor_iterations or ctx.training.iterations
+        training = {k: v for k, v in as_dict(ctx.training).items() if k not in ("iterations", "eval_every", "eval_batch_size")}
+        return {"source": "trained", "width": p.extractor_width, "iterations": its, "seed": p.hider_seed, "training": training}
 
     def prepare(self, train: ImageSet, ctx: RunContext):
         """The trained hider (from the cache or trained now), the hidden groups, and facts."""
