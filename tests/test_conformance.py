@@ -502,7 +502,7 @@ BROKEN_VICTIMS = {
     "random init": (_RandomInit, "different weights under the same torch.manual_seed"),
     "ignores in_channels": (
         _ThreeChannelsOnly,
-        "the model fails on a batch of shape (4, 1, 32, 32)",
+        "the model fails on a batch of shape (4, 1, 48, 48)",
     ),
     "wrong class count": (_TenClasses, "expected finite (4, 4) logits"),
     "untrainable": (_Frozen, "changed no weight"),
