@@ -332,3 +332,16 @@ def test_a_builder_killed_mid_build_leaves_the_build_to_the_next(tmp_path):
     out_second, _ = second.communicate(timeout=120)
     assert (tmp_path / "builds").read_text().split() == [str(first.pid), str(second.pid)]
     assert out_second.strip() == f"value {second.pid}"
+
+
+def test_a_cache_that_cannot_take_locks_is_still_read(cache, clean, monkeypatch):
+    """A shared read-only cache: no lock file can be created, the entry is still checked and used."""
+    from ueb import poison_cache
+    from ueb.errors import UebError
+
+    def no_lock(*args, **kwargs):
+        raise UebError("permission denied writing the lock")
+
+    monkeypatch.setattr(poison_cache, "FileLock", no_lock)
+    images, _ = cache.load(KEY, verify=verifier(clean))
+    assert torch.equal(images, make_poison(clean))

@@ -60,6 +60,14 @@ class PoisonCache:
     def _lock(self, key: str) -> FileLock:
         return FileLock(self.root / f"{key}.lock", on_wait=self.log, what=f"writing poison {key}")
 
+    def _reading_lock(self, key: str) -> contextlib.AbstractContextManager[object]:
+        """The key's lock, or none where the lock file cannot be made (a read-only cache that
+        nothing writes, or a full disk that fails the write after any recomputation anyway)."""
+        try:
+            return self._lock(key)
+        except UebError:
+            return contextlib.nullcontext()
+
     def load(
         self, key: str, verify: Callable[[torch.Tensor], None] | None = None
     ) -> tuple[torch.Tensor, dict[str, Any]] | None:
@@ -70,7 +78,7 @@ class PoisonCache:
         folder = self.folder(key)
         if not folder.is_dir():
             return None
-        with self._lock(key):
+        with self._reading_lock(key):
             images_path, facts_path = folder / "images.npy", folder / "facts.json"
             if not images_path.exists() and not facts_path.exists():
                 return None  # nothing was ever written here
