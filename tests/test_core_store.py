@@ -243,3 +243,22 @@ def test_a_store_locked_by_another_process_is_one_line(tmp_path):
     assert "\n" not in info.value.line()
     blocker.rollback()
     store.put(record(5))
+
+
+def test_a_run_directory_that_cannot_be_created_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UebError, match=r"cannot create run directory .* \(choose another --run-dir\)"):
+        Store(tmp_path / "file" / "run")
+
+
+def test_a_full_disk_when_creating_the_run_directory_is_disk_full(tmp_path, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "mkdir", full)
+    with pytest.raises(
+        DiskFullError, match=f"disk full while writing results to {tmp_path / 'run'}"
+    ):
+        Store(tmp_path / "run")

@@ -15,6 +15,7 @@ locked, disk full), never a traceback.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ueb.atomic import disk_full, resume_command, write_error
+from ueb.atomic import DISK_FULL_ERRNOS, disk_full, resume_command, write_error
 from ueb.errors import UebError
 
 DB_NAME = "results.sqlite"
@@ -121,6 +122,7 @@ def _default(f: Any) -> Any:
     return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
+_DISK_ERRNOS = DISK_FULL_ERRNOS | {errno.EACCES, errno.EPERM, errno.EROFS}
 _BUGS = (
     sqlite3.ProgrammingError,
     sqlite3.InterfaceError,
@@ -171,7 +173,12 @@ class Store:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise write_error(exc, "results", self.run_dir) from exc
+            if exc.errno in _DISK_ERRNOS:
+                raise write_error(exc, "results", self.run_dir) from exc
+            raise UebError(
+                f"cannot create run directory {self.run_dir} ({exc.strerror})",
+                "choose another --run-dir",
+            ) from exc
         existed = self.path.exists() and self.path.stat().st_size > 0
         self._conn = sqlite3.connect(self.path, timeout=30)
         if existed:
