@@ -282,7 +282,7 @@ def test_an_unexplained_configuration_difference_splits_only_the_conflicting_cel
     labels = [r.poisoner for r in t.rows]
     assert labels == ["em", "em ⟨cfg d2⟩", "em ⟨cfg d3⟩"]
     assert t.rows[0].cells["jpeg10"].mean is None and t.rows[1].cells["jpeg10"].mean == 50.5
-    assert "no recorded parameter differs" in " ".join(t.notes)
+    assert "jpeg10: no recorded parameter (training or data settings?)" in " ".join(t.notes)
 
 
 def test_old_records_without_a_digest_are_pooled_as_before():
@@ -296,3 +296,23 @@ def test_the_victim_pivot_carries_spread_and_splits_configurations():
     ops = row(t, "ops")
     assert ops.cells["vgg19"].text() == "51.00 ± 1.00 n=3" and ops.cells["resnet18"].n == 3
     assert "Countermeasure" in to_markdown(t)
+
+
+def test_a_clean_row_trained_differently_is_no_reference_for_the_within_noise_mark():
+    recs = [
+        CellRecord(
+            r.cell_id,
+            r.ordinal,
+            r.dataset,
+            r.poisoner,
+            r.countermeasure,
+            r.victim,
+            r.seed,
+            status="ok",
+            final_acc=r.final_acc,
+            victim_params={"width": 32 if r.poisoner == "clean" else 64},
+        )  # fmt: skip
+        for r in records()
+    ]
+    ops = row(build_table(recs, "final", CONFIG), "ops")
+    assert not ops.cells["jpeg10"].near_clean and row(table(), "ops").cells["jpeg10"].near_clean

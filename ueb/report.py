@@ -138,6 +138,7 @@ class Row:
     name: str = ""  # the poisoner plugin
     variant: str = ""  # configuration tag when one table position holds several configurations
     summary_columns: tuple[str, ...] = ()  # the columns Mean and Max are over
+    victim_setting: str = field(default="", repr=False)  # the victim side's settings, for ≈
 
     def value(self, column: str) -> Value:
         if column == "Mean":
@@ -288,15 +289,19 @@ def _split(
         plain = _Slot("", {c: next(iter(g.values())) for c, g in by_col.items() if len(g) == 1})
         if plain.cells:
             slots[""] = plain
+        per_column = []
         for c in conflicts:
+            in_column = {}
             for digest, rs in by_col[c].items():
                 tag = digest[:6] or "none"
                 slots[f"{c}/{tag}"] = _Slot(tag, {c: rs})
-                groups_by_tag[tag] = rs
-        differs = (
-            _differences(groups_by_tag, _full_fields)
-            or "no recorded parameter differs (training or data settings?)"
-        )
+                groups_by_tag.setdefault(tag, []).extend(rs)
+                in_column[tag] = rs
+            found = _differences(in_column, _full_fields)
+            per_column.append(
+                f"{c}: {found or 'no recorded parameter (training or data settings?)'}"
+            )
+        differs = "; ".join(per_column)
     digests = {tag: sorted({_digest(r) for r in rs}) for tag, rs in groups_by_tag.items()}
     listed = "; ".join(
         f"⟨cfg {t}⟩ "
@@ -367,6 +372,11 @@ def _summaries(
     )
 
 
+def _victim_setting(r: CellRecord) -> str:
+    """What a poisoned row must share with the clean row to be compared with it."""
+    return _canon([r.profile, r.victim_version, r.victim_params])
+
+
 def _mark_near_clean(rows: Sequence[Row], columns: Sequence[str]) -> bool:
     """Set `near_clean` where a poisoned row's value is within noise of its clean row's.
     Returns whether any comparison was possible (for the notes)."""
@@ -380,6 +390,8 @@ def _mark_near_clean(rows: Sequence[Row], columns: Sequence[str]) -> bool:
         if r.is_clean or len(refs) != 1:  # no clean row, or several configurations of it
             continue
         ref = refs[0]
+        if ref.victim_setting != r.victim_setting:  # trained differently: not comparable
+            continue
         for c in [*columns, *SUMMARIES]:
             if c in SUMMARIES and r.summary_columns != ref.summary_columns:
                 continue
@@ -425,7 +437,21 @@ def build_table(
                     label = pos[2] + (f" ⟨cfg {slot.variant}⟩" if slot.variant else "")
                     cells = {c: _cell(slot.cells.get(c, []), key) for c in columns}
                     mean, mx, used = _summaries(slot.cells, columns, key)
-                    rows.append(Row(d, v, label, cells, mean, mx, name, slot.variant, used))
+                    setting = {_victim_setting(r) for rs in slot.cells.values() for r in rs}
+                    rows.append(
+                        Row(
+                            d,
+                            v,
+                            label,
+                            cells,
+                            mean,
+                            mx,
+                            name,
+                            slot.variant,
+                            used,
+                            "|".join(sorted(setting)),
+                        )
+                    )
     near = _mark_near_clean(rows, columns)
     seeds = sorted({r.seed for r in records})
     table = ReportTable(columns, rows, metric, seeds=seeds, configs=configs)

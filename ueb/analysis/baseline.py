@@ -408,59 +408,12 @@ def compare(
         digests_per_cell.setdefault(cell, set()).add(digest)
     moved, within = [], 0
     for (cell, digest), members in groups.items():
-        entries = by_cell[cell]
-        first = entries[0]
-        seeds = sorted({r.seed for r, _ in members})
-        config = digest if len(digests_per_cell[cell]) > 1 else None
-        base_values = [e.accuracy for e in entries if e.accuracy is not None]
-        failed = [r for r, run in members if run.accuracy is None]
-        values = [run.accuracy for _, run in members if run.accuracy is not None]
-        common = {
-            "config": "" if config is None else (config or "none"),
-            "base_n": len(base_values),
-        }
-        if (
-            not base_values
-        ):  # the baseline recorded a failure; a number now is news, not a regression
+        config = (digest or "none") if len(digests_per_cell[cell]) > 1 else ""
+        m = _compare_cell(by_cell[cell], members, tol, k, config)
+        if m is None:
             within += 1
-            continue
-        base_mean = statistics.fmean(base_values)
-        if failed:
-            why = "; ".join(f"seed {r.seed}: {r.error or r.status}" for r in failed[:2])
-            moved.append(
-                Moved(
-                    first,
-                    seeds,
-                    None,
-                    None,
-                    f"cell failed ({why})",
-                    base_value=base_mean,
-                    allowed=tol,
-                    **common,
-                )
-            )
-            continue
-        run_mean, run_std = _mean_std(values)
-        allowed = allowed_delta(tol, k, values, base_values)
-        delta = run_mean - base_mean
-        if abs(delta) > allowed + 1e-9:
-            note = _version_note(first, members[0][1])
-            moved.append(
-                Moved(
-                    first,
-                    seeds,
-                    run_mean,
-                    delta,
-                    note,
-                    run_std,
-                    len(values),
-                    base_mean,
-                    allowed=allowed,
-                    **common,
-                )
-            )
         else:
-            within += 1
+            moved.append(m)
     missing = [e for e in baseline.cells if e.key not in used]
     return Comparison(
         tol,
@@ -472,4 +425,50 @@ def compare(
         baseline_cells=len(by_cell),
         k=k,
         seedless=bool(any_seed),
+    )
+
+
+def _compare_cell(
+    entries: list[Entry], members: list[tuple[CellRecord, Entry]], tol: float, k: float, config: str
+) -> Moved | None:
+    """The cell's verdict: None when within its tolerance, else what moved."""
+    first = entries[0]
+    seeds = sorted({r.seed for r, _ in members})
+    base_values = [e.accuracy for e in entries if e.accuracy is not None]
+    if not base_values:  # the baseline recorded a failure; a number now is news, not a regression
+        return None
+    base_mean = statistics.fmean(base_values)
+    failed = [r for r, run in members if run.accuracy is None]
+    if failed:
+        why = "; ".join(f"seed {r.seed}: {r.error or r.status}" for r in failed[:2])
+        return Moved(
+            first,
+            seeds,
+            None,
+            None,
+            f"cell failed ({why})",
+            base_value=base_mean,
+            base_n=len(base_values),
+            allowed=tol,
+            config=config,
+        )
+    values = [run.accuracy for _, run in members if run.accuracy is not None]
+    run_mean, run_std = _mean_std(values)
+    allowed = allowed_delta(tol, k, values, base_values)
+    delta = run_mean - base_mean
+    if abs(delta) <= allowed + 1e-9:
+        return None
+    note = _version_note(first, members[0][1])
+    return Moved(
+        first,
+        seeds,
+        run_mean,
+        delta,
+        note,
+        run_std,
+        len(values),
+        base_mean,
+        len(base_values),
+        allowed,
+        config,
     )
