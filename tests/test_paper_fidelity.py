@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ueb.artifacts import ArtifactStore
-from ueb.errors import ConfigError
+from ueb.errors import ConfigError, PluginError
 from ueb.imageset import ImageSet
 from ueb.interfaces import Batch, Dataset, Requirement, RunContext, Splits
 from ueb.profile import load_profile
@@ -301,6 +301,16 @@ def test_avatar_names_its_clean_source_as_a_requirement_and_needs_one(tmp_path):
     cm = reg.create("countermeasure", "avatar", TINY_DDPM)
     with pytest.raises(ConfigError, match="clean_source"):
         cm.transform_train_set(nameless, context(tmp_path))
+
+    def run_provider(kind, name, params=None):  # a run builds only declared plugins
+        raise PluginError(f"avatar asked for {kind} '{name}', which requires() does not declare")
+
+    named_set = make_imageset(per_class=2, num_classes=4, size=8, name="cifar10")
+    with pytest.raises(ConfigError, match="clean_source = 'cifar10'"):
+        cm.transform_train_set(named_set, context(tmp_path, run_provider))
+    paper = paper_plugin("countermeasure", "avatar")
+    assert paper.requires() == [Requirement("dataset", "cifar10")]
+    assert paper.params.clean_split == "train"
 
 
 # --------------------------------------------------------------------------- L_conc (eq. 10)

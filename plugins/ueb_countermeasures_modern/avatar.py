@@ -46,7 +46,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from ueb.errors import ConfigError
+from ueb.errors import ConfigError, PluginError
 from ueb.imageset import ImageSet, quantize
 from ueb.interfaces import Countermeasure, Requirement, RunContext, Stage
 from ueb.params import as_dict
@@ -202,7 +202,18 @@ class Avatar(Countermeasure):
                 "avatar: the training set names no dataset to take clean images from",
                 "set avatar.clean_source to a dataset name, or model_dir to a trained DDPM",
             )
-        splits = ctx.plugin("dataset", source).load(ctx.data_root)
+        try:
+            dataset = ctx.plugin("dataset", source)
+        except PluginError as exc:
+            if p.clean_source:
+                raise
+            # a run builds only declared plugins, and the training set's own dataset cannot be
+            # declared before the run knows it: the profile must name it
+            raise ConfigError(
+                f"avatar: this run cannot hand it the clean '{source}' images its DDPM trains on ({exc.problem})",
+                f"set avatar.clean_source = '{source}' in the profile (or --param avatar.clean_source={source}), or avatar.model_dir",
+            ) from exc
+        splits = dataset.load(ctx.data_root)
         clean: ImageSet = splits.test if p.clean_split == "test" else splits.train
         if clean.channels != train.channels:
             raise ConfigError(
