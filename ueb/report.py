@@ -88,13 +88,13 @@ class Value:
             return None
         return t975(self.n - 1) * self.std / math.sqrt(self.n)
 
-    def main(self, digits: int = 2, pm: str = "±") -> str:
+    def main(self, digits: int = 2) -> str:
         """The number: `≈10.29 ± 0.30*`, `err` or `-`."""
         if self.mean is None:
             return "err" if self.failed else "-"
         s = f"{self.mean:.{digits}f}"
         if self.n > 1 and self.std is not None:
-            s += f" {pm} {self.std:.{digits}f}"
+            s += f" ± {self.std:.{digits}f}"
         return (NEAR if self.near_clean else "") + s + ("*" if self.incomplete else "")
 
     def detail(self) -> str:
@@ -393,8 +393,10 @@ def _mark_near_clean(rows: Sequence[Row], columns: Sequence[str]) -> bool:
         if ref.victim_setting != r.victim_setting:  # trained differently: not comparable
             continue
         for c in [*columns, *SUMMARIES]:
-            if c in SUMMARIES and r.summary_columns != ref.summary_columns:
-                continue
+            if c in SUMMARIES and (
+                not r.summary_columns or r.summary_columns != ref.summary_columns
+            ):
+                continue  # Mean/Max over different countermeasures are different quantities
             a, b = r.value(c), ref.value(c)
             if a.mean is not None and b.mean is not None and min(a.n, b.n) >= 2:
                 compared = True
