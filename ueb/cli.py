@@ -308,12 +308,12 @@ def report(
     if format not in ("rich", *RENDERERS):
         raise ConfigError(f"unknown format '{format}'", f"use rich, html, {', '.join(RENDERERS)}")
     store = Store.open_existing(_run_path(run), readonly=True)
+    config = store.manifest().get("config")
+    chosen: Any = metric  # checked above: final | peak
     if pivot == "victim":
-        table = pivot_by_victim(
-            store.records(), countermeasure, metric, store.manifest().get("config")
-        )  # type: ignore[arg-type]
+        table = pivot_by_victim(store.records(), countermeasure, chosen, config)
     else:
-        table = build_table(store.records(), metric, store.manifest().get("config"))  # type: ignore[arg-type]
+        table = build_table(store.records(), chosen, config)
     if format == "rich":
         out.report_table(table, plain=to_markdown(table))
         return

@@ -121,7 +121,8 @@ class RayPool:
     def map_unordered(
         self, fn: Callable[..., Any], args: Iterable[tuple[Any, ...]]
     ) -> Iterator[Any]:
-        remote = self.ray.remote(**self.options)(fn)
+        ray: Any = self.ray
+        remote = ray.remote(**self.options)(fn)
         pending = [remote.remote(*a) for a in args]
         while pending:
             done, pending = self.ray.wait(pending, num_returns=1)

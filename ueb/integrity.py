@@ -151,6 +151,6 @@ def check_poison(
     check_budget(clean_u8, poisoned, budget, who)
     if sample_wise:
         check_sample_wise(clean.with_images(clean_u8), poisoned, who)
-    stats = perturbation_stats(clean_u8, poisoned)
+    stats: dict[str, Any] = dict(perturbation_stats(clean_u8, poisoned))
     stats["budget"] = budget.describe()
     return poisoned, stats

@@ -152,7 +152,7 @@ class PluginHost:
         source: str = "",
     ) -> None:
         """Register a module or object with hook implementations (tests use this directly)."""
-        name = name or getattr(plugin, "__name__", repr(plugin))
+        name = str(name or getattr(plugin, "__name__", None) or repr(plugin))
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:

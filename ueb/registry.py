@@ -40,7 +40,7 @@ class Entry:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
 
-    def load_class(self) -> type:
+    def load_class(self) -> Any:
         from ueb import interfaces
 
         base = {
@@ -67,10 +67,11 @@ class Entry:
                 "the plugin must register a class implementing the interface",
             )
         hint = self.meta.get("stage")
-        if self.kind == "countermeasure" and hint is not None and hint != obj.stage:
+        declared = getattr(obj, "stage", None)
+        if self.kind == "countermeasure" and hint is not None and hint != declared:
             raise PluginError(
                 f"countermeasure '{self.name}' ({self.distribution}) is registered with stage='{hint}' "
-                f"but its class {obj.__name__} declares stage = '{obj.stage}'",
+                f"but its class {obj.__name__} declares stage = '{declared}'",
                 "declare the stage once, as the class attribute `stage` (drop or correct the register() argument)",
             )
         return obj
@@ -91,7 +92,7 @@ class Entry:
         needs no import."""
         if self.kind != "countermeasure":
             return None
-        return str(self.meta.get("stage") or self.load_class().stage)
+        return str(self.meta.get("stage") or getattr(self.load_class(), "stage", "data"))
 
 
 class Registry:
