@@ -247,7 +247,9 @@ def test_a_store_locked_by_another_process_is_one_line(tmp_path):
 
 def test_a_run_directory_that_cannot_be_created_is_one_line(tmp_path):
     (tmp_path / "file").write_text("not a folder")
-    with pytest.raises(UebError, match=r"cannot create run directory .* \(choose another --run-dir\)"):
+    with pytest.raises(
+        UebError, match=r"cannot create run directory .* \(choose another --run-dir\)"
+    ):
         Store(tmp_path / "file" / "run")
 
 
