@@ -234,7 +234,10 @@ def run(
             f"interrupted; finished cells are saved in {path} (re-run the same command to resume)"
         )
         raise typer.Exit(130) from None
-    _write_reports(runner.store, path, metric, out)
+    try:
+        _write_reports(runner.store, path, metric, out)
+    finally:
+        runner.store.close()  # a finished run is one self-contained file
     out.info(
         f"{summary.ok} cells done, {summary.skipped} reused, {summary.failed} failed in {summary.seconds:.0f}s; results in {path}"
         + (

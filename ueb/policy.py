@@ -11,7 +11,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ueb.errors import UebError
+from ueb.errors import DiskFullError, UebError
 from ueb.plan import Cell, Plan
 from ueb.store import CellRecord
 
@@ -20,9 +20,7 @@ def recoverable(exc: BaseException) -> bool:
     """Errors that fail one cell; a full disk, Ctrl-C or exhausted memory stop the run."""
     if isinstance(exc, KeyboardInterrupt | MemoryError):
         return False
-    if isinstance(exc, UebError) and (
-        type(exc).__name__ == "DiskFullError" or "disk full" in exc.problem
-    ):
+    if isinstance(exc, DiskFullError):
         return False
     return isinstance(exc, Exception)
 

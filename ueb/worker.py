@@ -91,8 +91,8 @@ class CellWorker:
         self.device = job.device
         self.progress = progress or silent()
         self.log = log
-        self.artifacts = ArtifactStore(Path(job.cache_root))
-        self.poisons = PoisonCache(self.artifacts.root / "poisons")
+        self.artifacts = ArtifactStore(Path(job.cache_root), log=log)
+        self.poisons = PoisonCache(self.artifacts.root / "poisons", log=log)
         self._poison_memo: tuple[tuple[str, str, int], Poisoned] | None = None
         self._data_stage_memo: tuple[tuple[Any, ...], tuple[ImageSet, ImageSet]] | None = None
 
