@@ -13,7 +13,8 @@ annihilates) stays the same. No surrogate.
 By default (`coefficients="published"`) a 10- or 100-class RGB set uses the coefficient set the
 official repository published for that class count (`params-classes-10-mr-10.pt` for CIFAR-10,
 SVHN and STL-10; `params-classes-100-mr-3.pt` for CIFAR-100), shipped in `ar_published.json`:
-these are the processes the AR poisons of the paper's tables were made with. Any other class
+the processes of the official AR poisons, and so of the paper's AR rows (it re-implemented
+every method from its public code, Sec. IV-A4). Any other class
 or channel count, or `coefficients="searched"`, runs the official greedy search instead: sample
 processes, drop those whose three trial signals are not finite or exceed an L2 norm of 50 before
 scaling, and keep one only if every filter kept so far responds to its signal with at least
@@ -30,7 +31,7 @@ import json
 import math
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -277,23 +278,21 @@ class PublishedSet:
 
 
 @functools.cache
-def _published_table() -> dict[str, object]:
+def _published_sets() -> dict[str, Any]:
+    """The "sets" table of the shipped JSON: class count -> file, threshold, coefficients."""
     path = resources.files("ueb_baselines") / PUBLISHED_FILE
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
+    sets: dict[str, Any] = json.loads(path.read_text())["sets"]
+    return sets
 
 
 def published_classes() -> tuple[int, ...]:
     """Class counts with a published coefficient set (10 and 100)."""
-    sets = _published_table()["sets"]
-    assert isinstance(sets, dict)
-    return tuple(sorted(int(k) for k in sets))
+    return tuple(sorted(int(k) for k in _published_sets()))
 
 
 def published_set(num_classes: int) -> PublishedSet | None:
     """The official coefficient set for `num_classes` RGB classes, or None if none was published."""
-    sets = _published_table()["sets"]
-    assert isinstance(sets, dict)
-    entry = sets.get(str(num_classes))
+    entry = _published_sets().get(str(num_classes))
     if entry is None:
         return None
     coefs = torch.tensor(entry["coefficients"], dtype=torch.float32)
