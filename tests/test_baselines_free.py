@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from ueb.errors import IntegrityError, UebError
 from ueb.imageset import ImageSet
 from ueb.integrity import check_poison
+from ueb.registry import get_registry
 from ueb.testing import make_imageset
 
 
 def _create(run_context, name: str, **params):
-    return run_context.registry.create("poisoner", name, params)
+    return get_registry().create("poisoner", name, params)
 
 
 def _poison(poisoner, train: ImageSet, ctx) -> torch.Tensor:

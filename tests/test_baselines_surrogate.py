@@ -19,7 +19,7 @@ from ueb.interfaces import RunContext, Victim
 from ueb.nn import Classifier
 from ueb.profile import load_profile
 from ueb.progress import silent
-from ueb.registry import Entry, Registry, registry_provider
+from ueb.registry import Entry, Registry, get_registry, registry_provider
 from ueb.testing import make_imageset
 
 
@@ -203,8 +203,14 @@ def test_entf_push_moves_features_away_from_own_centroid(registry, ctx, data):
     assert float(after) > float(before)
 
 
-def test_unknown_surrogate_is_one_clear_error(registry, ctx, data):
-    with pytest.raises(ConfigError, match="not a registered victim"):
+def test_unknown_surrogate_is_one_clear_error_before_any_work(registry, ctx, data):
+    from ueb.config import RunConfig
+    from ueb.plan import resolve
+
+    config = RunConfig(poisoners=("em",), countermeasures=("vanilla",), profile="smoke", params={"em": {"surrogate": "no-such-net"}})
+    with pytest.raises(ConfigError, match="poisoner 'em' requires unknown victim 'no-such-net'"):
+        resolve(config, get_registry())
+    with pytest.raises(ConfigError, match="unknown victim 'no-such-net'"):
         registry.create("poisoner", "em", {"surrogate": "no-such-net"}).poison(data, ctx)
 
 

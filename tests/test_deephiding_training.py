@@ -11,6 +11,7 @@ from ueb_deephiding.hidden import next_class
 from ueb_deephiding.losses import LossWeights
 from ueb_deephiding.training import HiderConfig, load_hider, train_hider
 
+from ueb.registry import get_registry
 from ueb.testing import make_imageset
 
 SMALL = HiderConfig(blocks=1, growth=8, iterations=12, batch_size=8, lr=1e-3, weights=LossWeights(w_conc=0.0), checkpoint_every=4)
@@ -106,14 +107,14 @@ TINY = {
 
 
 def test_registered_names_and_defaults(run_context):
-    dhc = run_context.registry.create("poisoner", "deephiding")
-    dhs = run_context.registry.create("poisoner", "deephiding-s")
+    dhc = get_registry().create("poisoner", "deephiding")
+    dhs = get_registry().create("poisoner", "deephiding-s")
     assert dhc.params.mode == "class" and not dhc.sample_wise
     assert dhs.params.mode == "sample" and dhs.sample_wise
     assert dhc.params.blocks == 16 and dhc.params.batch_size == 24 and dhc.params.iterations == 5000
     assert math.isclose(dhc.params.lr, 10**-4.5) and dhc.params.w_conc == 1e-4
     assert dhc.budget().norm == "linf" and math.isclose(dhc.budget().eps, 8 / 255)
-    soft = run_context.registry.create("poisoner", "deephiding", {"restriction": "soft"})
+    soft = get_registry().create("poisoner", "deephiding", {"restriction": "soft"})
     assert soft.budget().norm == "unbounded"
 
 
@@ -122,7 +123,7 @@ def test_class_and_sample_wise_generation_respect_budget_and_report_psnr(run_con
 
     train = make_imageset(per_class=6, num_classes=3, size=16)
     for name in ("deephiding", "deephiding-s"):
-        dh = run_context.registry.create("poisoner", name, TINY)
+        dh = get_registry().create("poisoner", name, TINY)
         out = dh.poison(train, run_context)
         _, stats = check_poison(train, out, dh.budget(), dh.sample_wise, name)
         assert stats["linf_max"] <= 8 / 255 + 0.5 / 255 + 1e-7
@@ -140,8 +141,8 @@ def test_class_and_sample_wise_generation_respect_budget_and_report_psnr(run_con
 def test_soft_restriction_does_not_clip(run_context):
     train = make_imageset(per_class=6, num_classes=3, size=16)
     params = {**TINY, "w_conc": 0.0, "iterations": 30, "lr": 3e-3}
-    strict = run_context.registry.create("poisoner", "deephiding", params).poison(train, run_context)
-    soft = run_context.registry.create("poisoner", "deephiding", {**params, "restriction": "soft"}).poison(train, run_context)
+    strict = get_registry().create("poisoner", "deephiding", params).poison(train, run_context)
+    soft = get_registry().create("poisoner", "deephiding", {**params, "restriction": "soft"}).poison(train, run_context)
     clean = train.float01()
     assert float((strict - clean).abs().max()) <= 8 / 255 + 1e-6
     assert float((soft - clean).abs().max()) > float((strict - clean).abs().max())
@@ -149,13 +150,13 @@ def test_soft_restriction_does_not_clip(run_context):
 
 def test_extractor_weights_file_is_used_and_recorded(run_context, tmp_path):
     train = make_imageset(per_class=6, num_classes=3, size=16)
-    model = run_context.registry.create("victim", "resnet18", {"width": 4}).build(3, 16, 3)
+    model = get_registry().create("victim", "resnet18", {"width": 4}).build(3, 16, 3)
     path = tmp_path / "r18.pt"
     torch.save(model.state_dict(), path)
-    dh = run_context.registry.create("poisoner", "deephiding", {**TINY, "extractor_weights": str(path)})
+    dh = get_registry().create("poisoner", "deephiding", {**TINY, "extractor_weights": str(path)})
     dh.poison(train, run_context)
     assert dh.report()["extractor"]["source"] == "file"
-    missing = run_context.registry.create("poisoner", "deephiding", {**TINY, "extractor_weights": str(tmp_path / "no.pt")})
+    missing = get_registry().create("poisoner", "deephiding", {**TINY, "extractor_weights": str(tmp_path / "no.pt")})
     from ueb.errors import ConfigError
 
     with pytest.raises(ConfigError, match="do not exist"):

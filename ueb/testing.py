@@ -327,7 +327,7 @@ def _instantiate(
             raise AssertionError(
                 f"{plugin.__qualname__} is not a {base.__name__} subclass; subclass ueb.interfaces.{base.__name__}"
             )
-        cls = plugin
+        cls: Any = plugin
         _check_params_class(cls)
         try:
             typed = parse_params(cls.Params, params, where=f"{cls.kind} {cls.__qualname__}")
@@ -335,7 +335,7 @@ def _instantiate(
             raise AssertionError(
                 f"{cls.__qualname__}: the parameters given to the check do not parse: {exc.line()}"
             ) from exc
-        instance = cls(typed, name=cls.__name__.lower())
+        instance: Any = cls(typed, name=cls.__name__.lower())
     else:
         if not isinstance(plugin, base):
             raise AssertionError(

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ueb.atomic import save_torch
 from ueb.imageset import ImageSet
 from ueb.interfaces import Requirement, RunContext
 from ueb.params import as_dict
@@ -32,7 +33,11 @@ def surrogate_requirement(params: Any) -> Requirement:
 
 def victim_identity(victim: Any) -> dict[str, Any]:
     cls = type(victim)
-    return {"class": f"{cls.__module__}.{cls.__qualname__}", "version": cls.version, "params": as_dict(victim.params)}
+    return {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "version": cls.version,
+        "params": as_dict(victim.params),
+    }
 
 
 def build_surrogate(
@@ -56,7 +61,9 @@ def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> to
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def batches(n: int, size: int, gen: torch.Generator | None, drop_last: bool) -> Iterator[torch.Tensor]:
+def batches(
+    n: int, size: int, gen: torch.Generator | None, drop_last: bool
+) -> Iterator[torch.Tensor]:
     """One pass of index batches: shuffled with `gen`, in order without it."""
     order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
     size = min(size, n)
@@ -65,7 +72,9 @@ def batches(n: int, size: int, gen: torch.Generator | None, drop_last: bool) -> 
         yield order[i : i + size]
 
 
-def endless(n: int, size: int, gen: torch.Generator | None, drop_last: bool) -> Iterator[torch.Tensor]:
+def endless(
+    n: int, size: int, gen: torch.Generator | None, drop_last: bool
+) -> Iterator[torch.Tensor]:
     """Index batches forever, a fresh pass (and permutation, with `gen`) after each."""
     while True:
         yield from batches(n, size, gen, drop_last)
@@ -102,7 +111,11 @@ def recipe(poisoner: Any, train: ImageSet, ctx: RunContext, **extra: Any) -> dic
 
 
 def cached_tensor(
-    ctx: RunContext, kind: str, rec: dict[str, Any], build: Callable[[Path], torch.Tensor], **facts: Any
+    ctx: RunContext,
+    kind: str,
+    rec: dict[str, Any],
+    build: Callable[[Path], torch.Tensor],
+    **facts: Any,
 ) -> torch.Tensor:
     """Load `kind`/`rec` from the artifact store or build it (with a checkpoint folder) and store it."""
     art = ctx.artifacts.get(kind, rec)
@@ -112,13 +125,17 @@ def cached_tensor(
     ckpt = art.path / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     value = build(ckpt).detach().cpu()
-    torch.save(value, out)
+    save_torch(value, out, what=f"the {kind} artifact")
     ctx.artifacts.finish(art, **facts)
     return value
 
 
 def cached_model(
-    ctx: RunContext, kind: str, rec: dict[str, Any], model: nn.Module, train_fn: Callable[[nn.Module, Path], None]
+    ctx: RunContext,
+    kind: str,
+    rec: dict[str, Any],
+    model: nn.Module,
+    train_fn: Callable[[nn.Module, Path], None],
 ) -> nn.Module:
     """Load a trained model's weights from the store, or train `model` in place and store them."""
     rec = {**rec, "victim": getattr(model, "_ueb_victim", None)}
@@ -130,15 +147,13 @@ def cached_model(
     ckpt = art.path / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     train_fn(model, ckpt)
-    torch.save(model.state_dict(), out)
+    save_torch(model.state_dict(), out, what=f"the {kind} artifact")
     ctx.artifacts.finish(art)
     return model
 
 
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
-    tmp = folder / "state.pt.tmp"
-    torch.save(state, tmp)
-    tmp.replace(folder / "state.pt")
+    save_torch(state, folder / "state.pt", what="a poisoner checkpoint")
 
 
 def load_checkpoint(folder: Path, device: torch.device) -> dict[str, Any] | None:

@@ -13,11 +13,25 @@ from typing import Annotated, Any
 
 import typer
 
-ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile name or .toml path (its [plugins.deephiding] scale applies)")]
+ProfileOpt = Annotated[
+    str,
+    typer.Option(
+        "--profile",
+        "-p",
+        help="Profile name or .toml path (its [plugins.deephiding] scale applies)",
+    ),
+]
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Registered dataset name")]
-ParamOpt = Annotated[list[str] | None, typer.Option("--param", help="Poisoner parameter KEY=VALUE (repeatable)")]
-NameOpt = Annotated[str, typer.Option("--poisoner", help="deephiding (DH(C)) or deephiding-s (DH(S))")]
-CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Artifact cache (default: $UEB_CACHE or ~/.cache/ueb)")]
+ParamOpt = Annotated[
+    list[str] | None, typer.Option("--param", help="Poisoner parameter KEY=VALUE (repeatable)")
+]
+NameOpt = Annotated[
+    str, typer.Option("--poisoner", help="deephiding (DH(C)) or deephiding-s (DH(S))")
+]
+CacheOpt = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="Artifact cache (default: $UEB_CACHE or ~/.cache/ueb)"),
+]
 RootOpt = Annotated[Path | None, typer.Option("--data-root", help="Folder with dataset files")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, ...")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table")]
@@ -30,12 +44,23 @@ def _parse_kv(items: list[str] | None) -> dict[str, str]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--param '{item}' is not KEY=VALUE", "write e.g. --param mode=sample")
+            raise ConfigError(
+                f"--param '{item}' is not KEY=VALUE", "write e.g. --param mode=sample"
+            )
         out[key.strip()] = value.strip()
     return out
 
 
-def _setup(profile: str, dataset: str, poisoner: str, params: list[str] | None, cache_dir: Path | None, data_root: Path | None, device: str, seed: int = 0):
+def _setup(
+    profile: str,
+    dataset: str,
+    poisoner: str,
+    params: list[str] | None,
+    cache_dir: Path | None,
+    data_root: Path | None,
+    device: str,
+    seed: int = 0,
+):
     from ueb.artifacts import ArtifactStore
     from ueb.interfaces import RunContext
     from ueb.profile import load_profile
@@ -72,7 +97,14 @@ def _emit(title: str, facts: dict[str, Any], as_json: bool) -> None:
         return
     table = Table(title=title, show_header=False)
     for k, v in facts.items():
-        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v))
+        table.add_row(
+            k,
+            f"{v:.4g}"
+            if isinstance(v, float)
+            else json.dumps(v, default=str)
+            if isinstance(v, (dict, list))
+            else str(v),
+        )
     Console().print(table)
 
 
@@ -94,7 +126,10 @@ def _guard(fn):
 
 
 def build_app() -> typer.Typer:
-    app = typer.Typer(no_args_is_help=True, help="Deep Hiding (Meng et al. 2024): hider training, generation, reveal")
+    app = typer.Typer(
+        no_args_is_help=True,
+        help="Deep Hiding (Meng et al. 2024): hider training, generation, reveal",
+    )
 
     @app.command()
     @_guard
@@ -117,7 +152,12 @@ def build_app() -> typer.Typer:
     @app.command()
     @_guard
     def generate(
-        out: Annotated[Path, typer.Option("--out", "-o", help="Folder for images.npy, labels.npy, facts.json, preview.png")],
+        out: Annotated[
+            Path,
+            typer.Option(
+                "--out", "-o", help="Folder for images.npy, labels.npy, facts.json, preview.png"
+            ),
+        ],
         dataset: DatasetOpt = "fashion-mnist",
         profile: ProfileOpt = "quick",
         poisoner: NameOpt = "deephiding",
@@ -129,20 +169,33 @@ def build_app() -> typer.Typer:
         as_json: JsonOpt = False,
     ) -> None:
         """Generate the unlearnable training set and save it (uint8 .npy) with its facts."""
-        import numpy as np
 
         from ueb.imageset import quantize
         from ueb.integrity import check_poison
 
-        dh, train_set, ctx = _setup(profile, dataset, poisoner, param, cache_dir, data_root, device, seed)
+        dh, train_set, ctx = _setup(
+            profile, dataset, poisoner, param, cache_dir, data_root, device, seed
+        )
         images = dh.poison(train_set, ctx)
-        u8, stats = check_poison(train_set, images, dh.budget(), dh.sample_wise, f"poisoner '{dh.name}'")
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "images.npy", u8.numpy())
-        np.save(out / "labels.npy", train_set.labels.numpy())
+        u8, stats = check_poison(
+            train_set, images, dh.budget(), dh.sample_wise, f"poisoner '{dh.name}'"
+        )
+        from ueb.atomic import save_npy, write_text
+
+        save_npy(out / "images.npy", u8.numpy(), what="the poisoned images")
+        save_npy(out / "labels.npy", train_set.labels.numpy(), what="the labels")
         facts = {**stats, **dh.report()}
-        (out / "facts.json").write_text(json.dumps(facts, indent=2, default=str))
-        _save_grid([train_set.uint8()[:8], quantize(images[:8]), _amplified(train_set.uint8()[:8], u8[:8])], out / "preview.png")
+        write_text(
+            out / "facts.json", json.dumps(facts, indent=2, default=str), what="the poison's facts"
+        )
+        _save_grid(
+            [
+                train_set.uint8()[:8],
+                quantize(images[:8]),
+                _amplified(train_set.uint8()[:8], u8[:8]),
+            ],
+            out / "preview.png",
+        )
         _emit(f"{dh.name} on {dataset}", {"out": str(out), **facts}, as_json)
 
     @app.command()
@@ -152,9 +205,20 @@ def build_app() -> typer.Typer:
         profile: ProfileOpt = "quick",
         poisoner: NameOpt = "deephiding",
         param: ParamOpt = None,
-        images: Annotated[Path | None, typer.Option("--images", help="Unlearnable examples (.npy uint8 N,C,H,W, in training-set order); default: generate them")] = None,
+        images: Annotated[
+            Path | None,
+            typer.Option(
+                "--images",
+                help="Unlearnable examples (.npy uint8 N,C,H,W, in training-set order); default: generate them",
+            ),
+        ] = None,
         count: Annotated[int, typer.Option("--count", "-n", help="How many images to reveal")] = 64,
-        out: Annotated[Path | None, typer.Option("--out", "-o", help="Write revealed.png (rows: unlearnable, revealed, hidden)")] = None,
+        out: Annotated[
+            Path | None,
+            typer.Option(
+                "--out", "-o", help="Write revealed.png (rows: unlearnable, revealed, hidden)"
+            ),
+        ] = None,
         seed: Annotated[int, typer.Option(help="Seed of the latent r")] = 0,
         cache_dir: CacheOpt = None,
         data_root: RootOpt = None,
@@ -169,15 +233,23 @@ def build_app() -> typer.Typer:
         from ueb.imageset import quantize
         from ueb_deephiding.metrics import psnr, ssim
 
-        dh, train_set, ctx = _setup(profile, dataset, poisoner, param, cache_dir, data_root, device, seed)
+        dh, train_set, ctx = _setup(
+            profile, dataset, poisoner, param, cache_dir, data_root, device, seed
+        )
         net, groups, facts = dh.prepare(train_set, ctx)
         if images is not None:
             try:
                 ue = torch.from_numpy(np.load(images))
             except (OSError, ValueError) as exc:
-                raise DataError(f"cannot read {images}: {exc}", "pass a .npy written by `ueb deephiding generate`") from exc
+                raise DataError(
+                    f"cannot read {images}: {exc}",
+                    "pass a .npy written by `ueb deephiding generate`",
+                ) from exc
             if tuple(ue.shape) != tuple(train_set.images.shape):
-                raise DataError(f"{images} holds shape {tuple(ue.shape)}, the training set {tuple(train_set.images.shape)}", "use the same dataset and profile")
+                raise DataError(
+                    f"{images} holds shape {tuple(ue.shape)}, the training set {tuple(train_set.images.shape)}",
+                    "use the same dataset and profile",
+                )
             ue = ue.float().div(255)
         else:
             ue = dh.poison(train_set, ctx)
@@ -200,7 +272,10 @@ def build_app() -> typer.Typer:
         }
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            _save_grid([quantize(ue[sel][:8]), quantize(revealed[:8]), quantize(target[:8])], out / "revealed.png")
+            _save_grid(
+                [quantize(ue[sel][:8]), quantize(revealed[:8]), quantize(target[:8])],
+                out / "revealed.png",
+            )
             result["png"] = str(out / "revealed.png")
         _emit("revealed hidden images", result, as_json)
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ueb.atomic import save_torch
 from ueb.errors import ConfigError
 from ueb.imageset import ImageSet
 from ueb.interfaces import RunContext
@@ -37,7 +38,9 @@ class ConvFeatures(nn.Module):
         self.backbone = classifier.backbone if hasattr(classifier, "backbone") else classifier
         pools = [m for m in self.backbone.modules() if isinstance(m, POOLS)]
         if not pools:
-            raise ConfigError("the LFC extractor's backbone has no pooling layer", "use the resnet18 victim")
+            raise ConfigError(
+                "the LFC extractor's backbone has no pooling layer", "use the resnet18 victim"
+            )
         self._captured: list[torch.Tensor] = []
         pools[-1].register_forward_pre_hook(self._capture)
         self.backbone.eval()
@@ -79,13 +82,19 @@ def load_extractor(
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise ConfigError(f"LFC extractor weights {path} do not exist", "pass a local state-dict file or leave 'extractor_weights' empty to train one")
+            raise ConfigError(
+                f"LFC extractor weights {path} do not exist",
+                "pass a local state-dict file or leave 'extractor_weights' empty to train one",
+            )
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("model", state) if isinstance(state, dict) else state
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
-            raise ConfigError(f"LFC extractor weights {path} do not fit a resnet18 of width {width}: {str(exc).splitlines()[0]}", "check 'extractor_width'") from exc
+            raise ConfigError(
+                f"LFC extractor weights {path} do not fit a resnet18 of width {width}: {str(exc).splitlines()[0]}",
+                "check 'extractor_width'",
+            ) from exc
         info = {"source": "file", "path": str(path), "width": width}
     else:
         recipe = {
@@ -94,7 +103,11 @@ def load_extractor(
             "width": width,
             "dataset": train.fingerprint(),
             "iterations": iterations,
-            "training": {k: v for k, v in as_dict(ctx.training).items() if k not in ("iterations", "eval_every", "eval_batch_size")},
+            "training": {
+                k: v
+                for k, v in as_dict(ctx.training).items()
+                if k not in ("iterations", "eval_every", "eval_batch_size")
+            },
             "seed": seed,
         }
         art = ctx.artifacts.get("deephiding-extractor", recipe)
@@ -111,7 +124,13 @@ def load_extractor(
                 torch.manual_seed(seed)
                 result = trainer.fit(model, train, probe, description="LFC extractor (resnet18)")
             acc = result.final_acc
-            torch.save(model.state_dict(), file)
+            save_torch(model.state_dict(), file, what="the LFC extractor")
             ctx.artifacts.finish(art, train_acc=acc)
-        info = {"source": "trained", "artifact": art.key, "width": width, "iterations": iterations, "train_acc": acc}
+        info = {
+            "source": "trained",
+            "artifact": art.key,
+            "width": width,
+            "iterations": iterations,
+            "train_acc": acc,
+        }
     return ConvFeatures(model.to(device)), info

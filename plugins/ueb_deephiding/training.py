@@ -58,10 +58,17 @@ class HiderConfig:
     seed: int = 0
 
     def network(self, channels: int) -> HidingNetwork:
-        return HidingNetwork(self.blocks, channels, self.clamp, self.growth, self.dense_layers, self.init_scale)
+        return HidingNetwork(
+            self.blocks, channels, self.clamp, self.growth, self.dense_layers, self.init_scale
+        )
 
     def arch(self) -> dict[str, Any]:
-        return {"blocks": self.blocks, "growth": self.growth, "dense_layers": self.dense_layers, "clamp": self.clamp}
+        return {
+            "blocks": self.blocks,
+            "growth": self.growth,
+            "dense_layers": self.dense_layers,
+            "clamp": self.clamp,
+        }
 
 
 class TrainingDiverged(UebError):
@@ -69,9 +76,9 @@ class TrainingDiverged(UebError):
 
 
 def _save(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    from ueb.atomic import save_torch
+
+    save_torch(obj, path, what="a hider checkpoint")
 
 
 def train_hider(
@@ -101,7 +108,9 @@ def train_hider(
 
     torch.manual_seed(cfg.seed)
     net = cfg.network(train.channels).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
+    opt = torch.optim.Adam(
+        net.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     images = train.uint8()
     labels = train.labels
@@ -150,7 +159,9 @@ def train_hider(
             noise_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
             net.train()
             container, z_h = net.hide(x_c, x_h)
-            r = torch.randn(z_h.shape, generator=torch.Generator().manual_seed(noise_seed)).to(device)
+            r = torch.randn(z_h.shape, generator=torch.Generator().manual_seed(noise_seed)).to(
+                device
+            )
             _, revealed = net.reveal(container, r)
             terms = total_loss(x_c, x_h, y.to(device), container, revealed, features, cfg.weights)
             if fault is not None:
@@ -158,12 +169,16 @@ def train_hider(
             loss = terms["total"]
             value = float(loss.detach())
             recent = [h["total"] for h in history[-50:]]
-            exploded = len(recent) >= 10 and value > cfg.explode_factor * max(statistics.median(recent), 1e-12)
+            exploded = len(recent) >= 10 and value > cfg.explode_factor * max(
+                statistics.median(recent), 1e-12
+            )
             ok = math.isfinite(value) and not exploded
             if ok:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in net.parameters())
+                ok = all(
+                    p.grad is None or bool(torch.isfinite(p.grad).all()) for p in net.parameters()
+                )
             if not ok:
                 rollbacks += 1
                 if rollbacks > cfg.max_rollbacks:
@@ -171,7 +186,11 @@ def train_hider(
                         f"hider training diverged {rollbacks} times (last at step {step}, lr {lr:.3g})",
                         "lower 'lr' or 'clamp', or check the hidden images",
                     )
-                why = "non-finite loss or gradient" if not exploded else f"loss {value:.4g} > {cfg.explode_factor:g} x recent median"
+                why = (
+                    "non-finite loss or gradient"
+                    if not exploded
+                    else f"loss {value:.4g} > {cfg.explode_factor:g} x recent median"
+                )
                 bad_step = step
                 restore(good)
                 lr *= cfg.rollback_lr_factor
@@ -194,8 +213,18 @@ def train_hider(
                 if after_checkpoint is not None:
                     after_checkpoint(step)
 
-    torch.save({"arch": cfg.arch(), "channels": train.channels, "state": net.state_dict()}, folder / "hider.pt")
-    (folder / "history.json").write_text(json.dumps({"history": history, "events": events}))
+    from ueb.atomic import save_torch, write_text
+
+    save_torch(
+        {"arch": cfg.arch(), "channels": train.channels, "state": net.state_dict()},
+        folder / "hider.pt",
+        what="the trained hider",
+    )
+    write_text(
+        folder / "history.json",
+        json.dumps({"history": history, "events": events}),
+        what="the hider's history",
+    )
     plot_losses(history, folder / "loss.png", events)
     tail = history[-max(1, min(50, len(history) // 5)) :]
     summary = {
@@ -203,7 +232,12 @@ def train_hider(
         "final_lr": lr,
         "rollbacks": len([e for e in events if e.startswith("rollback")]),
         "events": events,
-        "final_losses": {k: statistics.fmean(h[k] for h in tail) for k in ("total", "hide", "freq", "reveal", "conc")} if tail else {},
+        "final_losses": {
+            k: statistics.fmean(h[k] for h in tail)
+            for k in ("total", "hide", "freq", "reveal", "conc")
+        }
+        if tail
+        else {},
         "config": json.loads(json.dumps(asdict(cfg))),
     }
     net.eval()
@@ -218,7 +252,9 @@ def load_hider(path: Path, device: str | torch.device = "cpu") -> HidingNetwork:
     return net.to(device).eval()
 
 
-def plot_losses(history: list[dict[str, float]], path: Path, events: list[str] | None = None) -> None:
+def plot_losses(
+    history: list[dict[str, float]], path: Path, events: list[str] | None = None
+) -> None:
     """Loss curves (log scale) as a PNG beside the checkpoint."""
     if not history:
         return

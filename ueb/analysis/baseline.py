@@ -176,17 +176,9 @@ def dumps(b: Baseline) -> str:
 
 
 def save(b: Baseline, path: Path) -> Path:
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(dumps(b))
-        tmp.replace(path)
-    except OSError as exc:
-        raise UebError(
-            f"cannot write baseline {path} ({exc.strerror})", "choose another --out folder"
-        ) from exc
-    return path
+    from ueb.atomic import write_text
+
+    return write_text(Path(path), dumps(b), what="the baseline")
 
 
 # --------------------------------------------------------------------------- from a run

@@ -94,7 +94,6 @@ def plot(
     """Draw a run as PNG files: heatmaps, image grids (Fig. 5), t-SNE (Fig. 4), Grad-CAM (Fig. 3)."""
     from ueb.analysis.figures import make_figures
     from ueb.analysis.rundata import RunData
-    from ueb.errors import UebError
 
     out = Output()
     data = RunData.open(_run_path(run))
@@ -102,14 +101,10 @@ def plot(
     figures = make_figures(
         data, _kinds(only), _metric(metric), samples, tsne_per_class, _device(device), log=out.log
     )
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for fig in figures.figures:
-            (folder / f"{fig.name}.png").write_bytes(fig.png)
-    except OSError as exc:
-        raise UebError(
-            f"cannot write figures to {folder} ({exc.strerror})", "choose another --out folder"
-        ) from exc
+    from ueb.atomic import write_bytes
+
+    for fig in figures.figures:
+        write_bytes(folder / f"{fig.name}.png", fig.png, what="the figures")
     for note in figures.notes:
         out.log(f"[yellow]skipped[/yellow] {note}")
     out.info(f"wrote {len(figures.figures)} PNG files to {folder}")
@@ -162,10 +157,11 @@ def write_html(
         log=out.log,
     )
     target = out_file or data.run_dir / "report.html"
+    from ueb.atomic import write_text
+
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(html_report.render(data, table, figures), encoding="utf-8")
-    except OSError as exc:
+        write_text(target, html_report.render(data, table, figures), what="the HTML report")
+    except OSError as exc:  # pragma: no cover (write_text turns OSError into UebError)
         raise UebError(
             f"cannot write {target} ({exc.strerror})", "choose another --out file"
         ) from exc
