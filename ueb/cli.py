@@ -448,12 +448,23 @@ def list_(
                 }
             )
     out = Output(json_mode=as_json)
-    out.rows(
-        rows,
-        columns=["kind", "name", "stage", "summary", "distribution"],
-        title="Registered plugins",
-        wrap="summary",
-    )
+    if as_json:
+        out.json(rows)
+        return
+    # One table per kind, with only the columns that say something, so that the summary keeps
+    # a readable width in an 80-column terminal.
+    several_dists = len({r["distribution"] for r in rows}) > 1
+    for k in kinds:
+        mine = [r for r in rows if r["kind"] == k]
+        if not mine:
+            continue
+        columns = [
+            "name",
+            *(["stage"] if k == "countermeasure" else []),
+            "summary",
+            *(["distribution"] if several_dists else []),
+        ]
+        out.rows(mine, columns=columns, title=f"{k}s ({len(mine)})", wrap="summary")
 
 
 @app.command()
