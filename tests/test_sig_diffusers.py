@@ -447,7 +447,7 @@ def test_deephiding_run_generates_its_hidden_images_with_diffusion(tmp_path, tin
     assert hidden["encoder"].startswith("clip:") and "ControlNet" in hidden["generator"]
     assert set(hidden["weights"]) == {"stable_diffusion", "controlnet"}
     assert hidden["weight_paths"]["stable_diffusion"] == str(sd.resolve())
-    (bank_dir,) = (cache / "sig-bank").iterdir()
+    (bank_dir,) = [p for p in (cache / "sig-bank").iterdir() if p.is_dir()]
     recipe = json.loads((bank_dir / "recipe.json").read_text())
     assert (
         recipe["backend"] == "diffusers"
