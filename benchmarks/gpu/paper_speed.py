@@ -44,7 +44,7 @@ SCHEMA = "ueb-gpu-speed/1"
 VICTIMS = ("resnet18", "resnet50", "vgg19", "densenet121", "vit")
 TABLE1_CELLS = 22
 PAPER_ITERATIONS = 40_000
-MODES = {
+MODES: dict[str, dict[str, Any]] = {
     "fp32": {"precision": "fp32", "channels_last": False, "compile": False},
     "bf16+channels_last": {"precision": "bf16", "channels_last": True, "compile": False},
     "bf16+channels_last+compile": {"precision": "bf16", "channels_last": True, "compile": True},
@@ -101,7 +101,7 @@ def refuse_network() -> None:
             raise OSError(f"network access refused by {Path(__file__).name}: {address}")
         return original(self, address)
 
-    socket.socket.connect = connect  # type: ignore[method-assign]
+    socket.socket.connect = connect  # type: ignore[method-assign,assignment]
     for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ[key] = "1"
 
