@@ -186,7 +186,15 @@ class DeepHiding(Poisoner):
 
         p = self.params
         device = resolve_device(ctx.device)
-        groups = load_groups(ctx, train, p.hidden, p.per_class, sig_settings=SigSettings.from_params(p, self.name), dataset=p.natural_dataset, seed=p.hider_seed)
+        groups = load_groups(
+            ctx,
+            train,
+            p.hidden,
+            p.per_class,
+            sig_settings=SigSettings.from_params(p, self.name),
+            dataset=p.natural_dataset,
+            seed=p.hider_seed,
+        )
         cfg = self.hider_config()
         ext = self.extractor_recipe(train, ctx)
         recipe = {
