@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -597,3 +598,13 @@ def _escaped(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+def test_the_example_third_party_package_conforms(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "thirdparty_plugin"))
+    from ueb_example_plugin.methods import CornerPatch, FlipAll
+
+    check_poisoner(
+        CornerPatch, workdir=tmp_path / "p"
+    )  # a class-wise patch, levels 0..255 included
+    check_countermeasure(FlipAll, workdir=tmp_path / "c")

@@ -10,4 +10,4 @@ def register_poisoners(register):
 
 @hookimpl
 def register_countermeasures(register):
-    register("hflip-all", "ueb_example_plugin.methods:FlipAll", summary="Flip every training image (example)", stage="data")
+    register("hflip-all", "ueb_example_plugin.methods:FlipAll", summary="Flip every training image (example)")
