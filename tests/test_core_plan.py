@@ -232,3 +232,31 @@ def test_finished_cells_are_reused_across_run_directories(registry, tmp_path):
     assert summary.skipped == 1 and summary.ok == 1
     clean = [r for r in runner.store.records() if r.poisoner == "clean"][0]
     assert clean.extra["reused_from"].endswith("a")
+
+
+def test_local_files_replaced_in_place_change_the_poison_key(tmp_path):
+    import os
+
+    from ueb.registry import get_registry
+
+    set_host(None)
+    weights = tmp_path / "extractor.pt"
+    weights.write_bytes(b"a" * 64)
+
+    def key():
+        config = RunConfig(
+            poisoners=("deephiding",),
+            countermeasures=("vanilla",),
+            profile="smoke",
+            params={"deephiding": {"extractor_weights": str(weights)}},
+        )
+        return resolve(config, get_registry()).poison_key("fashion-mnist", "deephiding", 0)
+
+    first = key()
+    assert key() == first
+    weights.write_bytes(b"b" * 64)  # same path, same size, other weights
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert key() != first
+    weights.unlink()
+    with pytest.raises(ConfigError, match="extractor weights .* do not exist"):
+        key()

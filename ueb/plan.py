@@ -43,6 +43,7 @@ class Spec:
     params: Mapping[str, Any]
     requires: tuple[Spec, ...] = ()
     fingerprint: str = ""  # datasets: content hash of the subsets used
+    inputs: Mapping[str, Any] = field(default_factory=dict)  # Plugin.input_identity()
 
     @property
     def digest(self) -> str:
@@ -56,6 +57,7 @@ class Spec:
             "params": dict(self.params),
             "requires": [r.identity() for r in self.requires],
             "fingerprint": self.fingerprint,
+            "inputs": dict(self.inputs),
         }
 
     def describe(self) -> dict[str, Any]:
@@ -321,6 +323,7 @@ class _SpecBuilder:
                 type(instance).Params, as_dict(bound), where=f"{kind} '{name}'"
             )
         instance.preflight()
+        inputs = dict(instance.input_identity())
         requires = tuple(self._requirement(instance, r) for r in instance.requires())
         fingerprint = ""
         if kind == "dataset" and self.load_data:
@@ -335,6 +338,7 @@ class _SpecBuilder:
             params=as_dict(instance.params),
             requires=requires,
             fingerprint=fingerprint,
+            inputs=inputs,
         )
         if top_level:
             self.instances[(kind, name)] = instance

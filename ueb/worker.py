@@ -113,10 +113,16 @@ class CellWorker:
             )
         return instance
 
-    def provider(self, owner: Spec) -> Callable[[str, str, Mapping[str, Any] | None], Any]:
-        """Builds the plugins `owner` declared in requires(), and only those."""
+    def provider(
+        self, owner: Spec, dataset: str | None = None
+    ) -> Callable[[str, str, Mapping[str, Any] | None], Any]:
+        """Builds the plugins `owner` declared in requires(), and only those; plus, for a cell,
+        the cell's own dataset (already part of the cell's identity), e.g. for a purifier that
+        trains on its clean test split."""
 
         def provide(kind: str, name: str, params: Mapping[str, Any] | None = None) -> Any:
+            if kind == "dataset" and name == dataset and not params:
+                return self.create(self.plan.spec("dataset", name))
             entry = self.registry.get(kind, name)
             instance = entry.create(params)
             wanted = as_dict(instance.bind(self.plan.profile.training))
@@ -130,7 +136,7 @@ class CellWorker:
 
         return provide
 
-    def context(self, seed: int, owner: Spec) -> RunContext:
+    def context(self, seed: int, owner: Spec, dataset: str | None = None) -> RunContext:
         root = self.plan.config.data_root
         return RunContext(
             seed=seed,
@@ -140,7 +146,7 @@ class CellWorker:
             training=self.plan.profile.training,
             data_root=Path(root) if root else None,
             log=self.log,
-            provider=self.provider(owner),
+            provider=self.provider(owner, dataset),
         )
 
     def dataset(self, name: str) -> Splits:
@@ -244,7 +250,7 @@ class CellWorker:
         cm_spec = self.plan.spec("countermeasure", cell.countermeasure)
         cm: Countermeasure = self.create(cm_spec)
         victim: Victim = self.create(self.plan.spec("victim", cell.victim))
-        ctx = self.context(cell.seed, cm_spec)
+        ctx = self.context(cell.seed, cm_spec, cell.dataset)
         memo_key = (cell.group, cell.fraction, cell.countermeasure)
         if (
             self._data_stage_memo is None or self._data_stage_memo[0] != memo_key

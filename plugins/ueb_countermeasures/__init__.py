@@ -30,7 +30,7 @@ def register_countermeasures(register):
     register("jpeg10", f"{_PRE}:Jpeg", summary="JPEG compression, quality 10", defaults={"quality": 10}, **data)
     register("jpeg50", f"{_PRE}:Jpeg", summary="JPEG compression, quality 50", defaults={"quality": 50}, **data)
     register("at-linf", _AT, summary="PGD-10 adversarial training, L-inf 8/255, step 2/255", defaults={"norm": "linf", "eps": 8 / 255}, **train)
-    register("at-l2", _AT, summary="PGD-10 adversarial training, L2 radius 1, step 2/255", defaults={"norm": "l2", "eps": 1.0}, **train)
+    register("at-l2", _AT, summary="PGD-10 adversarial training, L2 radius 1, step 0.25 (2.5 eps / steps)", defaults={"norm": "l2", "eps": 1.0}, **train)
     register("iss-grayscale", _ISS, summary="ISS (Liu et al. 2023): grayscale compression", defaults={"method": "grayscale"}, **data)
     register("iss-jpeg", _ISS, summary="ISS (Liu et al. 2023): JPEG compression, quality 10 (sweep: quality)", defaults={"method": "jpeg", "quality": 10}, **data)
     register("iss-bdr", _ISS, summary="ISS (Liu et al. 2023): bit-depth reduction, 2 bits (sweep: bits)", defaults={"method": "bdr", "bits": 2}, **data)

@@ -12,7 +12,7 @@ def register_countermeasures(register):
     register(
         "ueraser",
         "ueb_countermeasures_modern.ueraser:UEraser",
-        summary="UEraser (Qin et al. 2023): plasma/channel-shuffle/TrivialAugment, loss maximised over K=5 copies for the first 30% of training",
+        summary="UEraser (Qin et al. 2023): plasma/channel-shuffle/TrivialAugment, loss maximised over K=5 copies for the first 25% of training",
         stage="train",
     )
     register(

@@ -87,9 +87,21 @@ class DeepHiding(Poisoner):
         super().__init__(params, name)
         self._report: dict[str, Any] = {}
         p = self.params
-        for key in ("blocks", "growth", "dense_layers", "iterations", "batch_size", "per_class", "gen_batch_size", "checkpoint_every", "extractor_width"):
+        for key in (
+            "blocks",
+            "growth",
+            "dense_layers",
+            "iterations",
+            "batch_size",
+            "per_class",
+            "gen_batch_size",
+            "checkpoint_every",
+            "extractor_width",
+        ):
             if getattr(p, key) <= 0:
-                raise ConfigError(f"poisoner '{self.name}': '{key}' must be positive, got {getattr(p, key)}")
+                raise ConfigError(
+                    f"poisoner '{self.name}': '{key}' must be positive, got {getattr(p, key)}"
+                )
         if not (0 < p.eps < 1):
             raise ConfigError(f"poisoner '{self.name}': eps must lie in (0, 1), got {p.eps}")
 
@@ -124,11 +136,36 @@ class DeepHiding(Poisoner):
         return self.params
 
     def preflight(self) -> None:
-        """The SIG bank's local inputs (weight folders, corpus) exist and look complete."""
+        """The SIG bank's local inputs (weight folders, corpus) and the LFC extractor's weights
+        exist and look complete."""
         if self.params.hidden == "sig":
             from ueb_deephiding.hidden import SigSettings
 
             SigSettings.from_params(self.params, self.name).check()
+        if self.params.w_conc != 0 and self.params.extractor_weights:
+            path = Path(self.params.extractor_weights).expanduser()
+            if not path.is_file():
+                raise ConfigError(
+                    f"LFC extractor weights {path} do not exist (deephiding.extractor_weights)",
+                    "pass a local state-dict file or leave 'extractor_weights' empty to train one",
+                )
+
+    def input_identity(self) -> dict[str, Any]:
+        """Sizes and dates of the local files this run reads (weights replaced in place under the
+        same path give new keys; the SIG bank itself also hashes their contents)."""
+        p = self.params
+        paths = {"extractor_weights": p.extractor_weights if p.w_conc != 0 else ""}
+        if p.hidden == "sig":
+            paths["sig_prompts"] = p.sig_prompts
+            if p.sig_backend == "diffusers":
+                paths.update(
+                    sig_sd_dir=p.sig_sd_dir,
+                    sig_controlnet_dir=p.sig_controlnet_dir,
+                    sig_text_encoder_dir=p.sig_text_encoder_dir,
+                )
+        return {
+            key: _stat_identity(Path(value).expanduser()) for key, value in paths.items() if value
+        }
 
     def poison(self, train: ImageSet, ctx: RunContext) -> torch.Tensor:
         from ueb.training import resolve_device
@@ -171,11 +208,28 @@ class DeepHiding(Poisoner):
         if p.extractor_weights:
             path = Path(p.extractor_weights).expanduser()
             if not path.is_file():
-                raise ConfigError(f"LFC extractor weights {path} do not exist", "pass a local state-dict file or leave 'extractor_weights' empty")
-            return {"source": "file", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16], "width": p.extractor_width}
+                raise ConfigError(
+                    f"LFC extractor weights {path} do not exist",
+                    "pass a local state-dict file or leave 'extractor_weights' empty",
+                )
+            return {
+                "source": "file",
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
+                "width": p.extractor_width,
+            }
         its = p.extractor_iterations or ctx.training.iterations
-        training = {k: v for k, v in as_dict(ctx.training).items() if k not in ("iterations", "eval_every", "eval_batch_size")}
-        return {"source": "trained", "width": p.extractor_width, "iterations": its, "seed": p.hider_seed, "training": training}
+        training = {
+            k: v
+            for k, v in as_dict(ctx.training).items()
+            if k not in ("iterations", "eval_every", "eval_batch_size")
+        }
+        return {
+            "source": "trained",
+            "width": p.extractor_width,
+            "iterations": its,
+            "seed": p.hider_seed,
+            "training": training,
+        }
 
     def prepare(self, train: ImageSet, ctx: RunContext):
         """The trained hider (from the cache or trained now), the hidden groups, and facts."""
@@ -216,10 +270,22 @@ class DeepHiding(Poisoner):
             features = None
             if ext.get("used", True):
                 features, extractor_info = load_extractor(
-                    ctx, train, p.extractor_width, p.extractor_weights, int(ext.get("iterations", 0)), p.hider_seed
+                    ctx,
+                    train,
+                    p.extractor_width,
+                    p.extractor_weights,
+                    int(ext.get("iterations", 0)),
+                    p.hider_seed,
                 )
             net, summary = train_hider(
-                train, groups, cfg, art.path, features=features, device=device, progress=ctx.progress, log=ctx.log
+                train,
+                groups,
+                cfg,
+                art.path,
+                features=features,
+                device=device,
+                progress=ctx.progress,
+                log=ctx.log,
             )
             ctx.artifacts.finish(art, summary=summary, extractor_info=extractor_info)
         facts = {
@@ -246,7 +312,15 @@ class DeepHiding(Poisoner):
         return idx
 
     @torch.no_grad()
-    def generate(self, net, train: ImageSet, hidden: torch.Tensor, hidden_idx: torch.Tensor, device, ctx: RunContext) -> torch.Tensor:
+    def generate(
+        self,
+        net,
+        train: ImageSet,
+        hidden: torch.Tensor,
+        hidden_idx: torch.Tensor,
+        device,
+        ctx: RunContext,
+    ) -> torch.Tensor:
         p = self.params
         images = train.uint8()
         out = torch.empty(images.shape, dtype=torch.float32)
@@ -254,7 +328,12 @@ class DeepHiding(Poisoner):
         with ctx.progress.task(f"{self.name}: hiding", total=len(train)) as bar:
             for i in range(0, len(train), bs):
                 x_c = images[i : i + bs].to(device).float().div_(255)
-                x_h = hidden[train.labels[i : i + bs], hidden_idx[i : i + bs]].to(device).float().div_(255)
+                x_h = (
+                    hidden[train.labels[i : i + bs], hidden_idx[i : i + bs]]
+                    .to(device)
+                    .float()
+                    .div_(255)
+                )
                 container = net.hide(x_c, x_h)[0]
                 if p.restriction == "strict":
                     container = x_c + (container - x_c).clamp(-p.eps, p.eps)
@@ -273,6 +352,17 @@ class DeepHiding(Poisoner):
         sel = torch.linspace(0, len(train) - 1, n).long()
         target = hidden[train.labels[sel], hidden_idx[sel]].float().div(255)
         gen = torch.Generator().manual_seed(0)
-        _, revealed = net.reveal(poisoned[sel].to(device), generator=None if device.type != "cpu" else gen)
+        _, revealed = net.reveal(
+            poisoned[sel].to(device), generator=None if device.type != "cpu" else gen
+        )
         val = psnr(revealed.clamp(0, 1).cpu(), target)
         return {"reveal_psnr_db": val if math.isfinite(val) else None}
+
+
+def _stat_identity(path: Path) -> list[list[Any]]:
+    """[relative name, size, mtime in ns] of a file or of every file under a folder."""
+    if path.is_file():
+        st = path.stat()
+        return [[path.name, st.st_size, st.st_mtime_ns]]
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else []
+    return [[f.relative_to(path).as_posix(), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
