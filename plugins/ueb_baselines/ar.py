@@ -410,7 +410,13 @@ class AutoregressivePerturbations(Poisoner):
             # the first process has no earlier filter to respond: None, not NaN, in the JSON
             "ar_lowest_responses": [None if math.isnan(r) else r for r in result.lowest_responses],
         }
-        path.write_text(json.dumps({"coefficients": result.coefficients.tolist(), "facts": facts}))
+        from ueb.atomic import write_text
+
+        write_text(
+            path,
+            json.dumps({"coefficients": result.coefficients.tolist(), "facts": facts}),
+            what="AR coefficients",
+        )
         ctx.artifacts.finish(art, **facts)
         return result.coefficients, facts
 

@@ -333,12 +333,11 @@ class Avatar(Countermeasure):
                     and (step + 1) % p.checkpoint_every == 0
                     and step + 1 < p.train_steps
                 ):
-                    ckpt.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = ckpt.with_suffix(".tmp")
+                    from ueb.atomic import save_torch
+
                     snapshot = {"unet": unet.state_dict(), "ema": ema.state_dict(),
                                 "opt": opt.state_dict(), "gen": gen.get_state(), "step": step + 1}  # fmt: skip
-                    torch.save(snapshot, tmp)
-                    tmp.replace(ckpt)
+                    save_torch(snapshot, ckpt, what="an AVATAR checkpoint")
         ema.save_pretrained(art.path / "unet")
         scheduler.save_pretrained(art.path / "scheduler")
         shutil.rmtree(art.path / "checkpoints", ignore_errors=True)

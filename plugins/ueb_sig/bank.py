@@ -159,9 +159,13 @@ class SemanticBank:
         }
         if self.edges is not None:
             arrays["edges"] = self.edges
-        tmp = folder / "bank.tmp.npz"
-        np.savez(tmp, **arrays)
-        tmp.replace(folder / "bank.npz")
+        import io
+
+        from ueb.atomic import write_bytes, write_text
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_bytes(folder / "bank.npz", buffer.getbuffer(), what="the semantic-image bank")
         meta = {
             **self.recipe,
             "backend": self.backend,
@@ -169,7 +173,11 @@ class SemanticBank:
             "content_hash": self.content_hash,
             "shape": list(self.images.shape),
         }
-        (folder / "recipe.json").write_text(json.dumps(meta, indent=2, default=str))
+        write_text(
+            folder / "recipe.json",
+            json.dumps(meta, indent=2, default=str),
+            what="the bank's recipe",
+        )
         return folder
 
     @classmethod
@@ -398,7 +406,13 @@ def corpus_embeddings(
     encoder = make_encoder(sig.encoder, sig.clip_model, str(ctx.device))
     emb = encoder.encode(list(corpus.prompts) + descriptions)
     n = len(corpus.prompts)
-    np.savez(art.path / "embeddings.npz", prompts=emb[:n], descriptions=emb[n:])
+    import io
+
+    from ueb.atomic import write_bytes
+
+    buffer = io.BytesIO()
+    np.savez(buffer, prompts=emb[:n], descriptions=emb[n:])
+    write_bytes(art.path / "embeddings.npz", buffer.getbuffer(), what="caption embeddings")
     ctx.artifacts.finish(art)
     return emb[:n], emb[n:]
 
@@ -471,8 +485,9 @@ def _build(
                     imgs = generate_class(
                         pipe, sel.prompts[c], edges[c], m, size, class_seed, back, device
                     )
-                np.save(ckpt / f"class_{c:04d}.tmp.npy", imgs.numpy())
-                (ckpt / f"class_{c:04d}.tmp.npy").replace(part)
+                from ueb.atomic import save_npy
+
+                save_npy(part, imgs.numpy(), what="a semantic-image checkpoint")
                 images[c] = imgs
             task.advance()
     recipe = {
