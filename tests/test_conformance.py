@@ -255,6 +255,10 @@ BROKEN_POISONERS = {
     "annotation": (_WrongAnnotation, "do not parse back"),
     "preset": (_BadPreset, "presets['smoke'] does not parse"),
     "undeclared plugin": (_UndeclaredSurrogate, "requires() declares nothing"),
+    "input identity": (
+        _poisoner(input_identity=lambda self: {"weights": Path("w.pt")}),
+        "input_identity() is not a JSON-able",
+    ),
     "budget type": (_poisoner(budget=lambda self: 8 / 255), "return ueb.interfaces.Budget"),
     "wrong kind": (type("NotAPoisoner", (Countermeasure,), {}), "is not a Poisoner subclass"),
 }

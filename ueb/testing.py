@@ -356,6 +356,13 @@ def _instantiate(
             )
         instance.params = parse_params(cls.Params, as_dict(bound), where=who)
     instance.preflight()
+    identity = instance.input_identity()
+    try:
+        json.dumps(dict(identity), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise AssertionError(
+            f"{who}.input_identity() is not a JSON-able mapping ({exc}); return sizes, dates, hashes"
+        ) from exc
     return instance
 
 
