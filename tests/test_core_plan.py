@@ -260,3 +260,64 @@ def test_local_files_replaced_in_place_change_the_poison_key(tmp_path):
     weights.unlink()
     with pytest.raises(ConfigError, match="extractor weights .* do not exist"):
         key()
+
+
+class PatchPoisoner(Poisoner):
+    """A class-wise shortcut no victim can miss: a colour tint per class on grey images (crop
+    and flip cannot move it)."""
+
+    @dataclass(frozen=True)
+    class Params:
+        pass
+
+    def budget(self):
+        return Budget("unbounded")
+
+    @property
+    def sample_wise(self):
+        return False
+
+    def poison(self, train, ctx):
+        import torch
+
+        tints = (
+            torch.rand(
+                train.num_classes, train.channels, 1, 1, generator=torch.Generator().manual_seed(0)
+            )
+            * 0.4
+        )
+        return (train.float01() + tints[train.labels]).clamp(0, 1)
+
+
+def test_the_shortcut_probe_is_stored_per_cell_and_says_latched(tmp_path, monkeypatch):
+    from ueb.profile import load_profile
+
+    class _Patch:
+        @hookimpl
+        def register_poisoners(self, register):
+            register("patch", PatchPoisoner)
+
+    registry = isolated_registry(minimal_plugins(), _Patch())
+    try:
+        smoke = load_profile("smoke")
+        longer = type(smoke.training)(
+            **{
+                **smoke.training.__dict__,
+                "iterations": 150,
+                "milestones": (120,),
+                "eval_every": 150,
+            }
+        )
+        monkeypatch.setattr(
+            "ueb.plan.load_profile",
+            lambda _name: type(smoke)(**{**smoke.__dict__, "training": longer}),
+        )
+        plan = resolve(_config(poisoners=("patch",), cache_dir=str(tmp_path / "c")), registry)
+        runner = MatrixRunner(plan, registry, tmp_path / "r", silent(), log=lambda m: None)
+        runner.execute()
+        records = {r.poisoner: r for r in runner.store.records()}
+        probe = records["patch"].probe
+        assert probe["latched"] and probe["target_rate"] > 0.5 and probe["train_acc"] > 90, probe
+        assert records["clean"].probe == {}  # nothing to probe on clean data
+    finally:
+        set_host(None)

@@ -543,6 +543,10 @@ from ueb import cli_analysis  # noqa: E402  (analysis commands: plot, check, bas
 
 cli_analysis.add_commands(app)
 
+from ueb import cli_authoring  # noqa: E402  (plugin authors: ueb new plugin)
+
+cli_authoring.add_commands(app)
+
 
 def get_app() -> typer.Typer:
     """The app with plugin-contributed commands added (loads plugins, not torch)."""
