@@ -329,7 +329,7 @@ def test_matrix_files_and_profiles_name_plugin_settings_alike(tmp_path, registry
     for table in ("plugins", "params"):  # [params.NAME] is the older spelling, read the same way
         path = tmp_path / f"{table}.toml"
         path.write_text(
-            f'poisoners = ["shift"]\\ncountermeasures = ["identity"]\\nvictims = ["tiny"]\\nprofile = "smoke"\\n[{table}.shift]\\nlevel = 2\\n'
+            f'poisoners = ["shift"]\ncountermeasures = ["identity"]\nvictims = ["tiny"]\nprofile = "smoke"\n[{table}.shift]\nlevel = 2\n'
         )
         plan = resolve(build_config(load_matrix_file(path), {}), registry)
         assert plan.spec("poisoner", "shift").params["level"] == 2
