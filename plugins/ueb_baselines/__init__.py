@@ -20,6 +20,32 @@ def register_poisoners(register):
         "ueb_baselines.reference:RandomNoise",
         summary="Reference: uniform random sample-wise noise in Linf 8/255 (not an unlearnable method)",
     )
+    register(
+        "cw-uniform",
+        "ueb_baselines.controls:ClassWiseUniform",
+        summary="Calibration control (method-independent): one uniform-noise image per class, Linf 8/255",
+        hidden_from_all=True,
+    )
+    register(
+        "cw-hf",
+        "ueb_baselines.controls:ClassWiseSign",
+        summary="Calibration control (method-independent): a +-8/255 sign pattern per class, 1-pixel scale",
+        hidden_from_all=True,
+    )
+    register(
+        "cw-mf",
+        "ueb_baselines.controls:ClassWiseSign",
+        summary="Calibration control (method-independent): a +-8/255 sign pattern per class on 2x2 blocks",
+        hidden_from_all=True,
+        defaults={"block": 2},
+    )
+    register(
+        "cw-lf",
+        "ueb_baselines.controls:ClassWiseSign",
+        summary="Calibration control (method-independent): a +-8/255 sign pattern per class on 8x8 blocks",
+        hidden_from_all=True,
+        defaults={"block": 8},
+    )
     register("em", "ueb_baselines.em:ErrorMinimizing", summary="EM, error-minimizing noise (Huang et al. 2021), sample-wise Linf 8/255")
     register(
         "em-class",

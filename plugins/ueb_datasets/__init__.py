@@ -25,3 +25,8 @@ def register_datasets(register):
         "ueb_datasets.imagefolder:ImageNetSubset",
         summary="ImageNet subset from train/ and val/ class folders: first 100 classes, 20% of train, 224x224",
     )
+    register(
+        "fashion-mnist-textured",
+        "ueb_datasets.textured:TexturedFashionMNIST",
+        summary="The embedded Fashion-MNIST images on random crops of natural photos (harder clean features), 32x32 RGB",
+    )

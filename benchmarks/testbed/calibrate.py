@@ -1,0 +1,426 @@
+"""Calibrate the CPU test bed with method-independent controls (docs/testbed.md).
+
+For each candidate configuration (dataset, victim, training length, data size, intensity
+range), train the victim on clean data and on each class-wise control's poison (cw-uniform,
+cw-hf, cw-mf, cw-lf) over several seeds, and record the final clean test accuracy, the shortcut
+probe (ueb.probe) and the seconds per cell. A configuration is a valid test bed when every
+control is learned (accuracy far below clean, probe latched in at least 2 of 3 seeds) and the
+clean row is high and tight. No unlearnable method runs here: only the controls decide.
+
+    OMP_NUM_THREADS=2 python benchmarks/testbed/calibrate.py run quick textured --seeds 0 1 2
+    python benchmarks/testbed/calibrate.py table     # results/*.json -> results/table.md
+
+Results go to benchmarks/testbed/results/<candidate>.json, rewritten after every cell, so an
+interrupted run resumes where it stopped. Every candidate pins its whole protocol here; none
+reads the quick profile, whose settings this calibration chooses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ueb.imageset import ImageSet
+from ueb.integrity import check_poison
+from ueb.interfaces import RunContext
+from ueb.params import parse_params
+from ueb.probe import shortcut_probe
+from ueb.profile import TrainingConfig
+from ueb.registry import get_registry
+from ueb.training import Trainer
+
+RESULTS = Path(__file__).parent / "results"
+CONTROLS = ("clean", "cw-uniform", "cw-hf", "cw-mf", "cw-lf")
+
+# The quick profile's protocol as it stood before this calibration (300 SGD steps).
+BASE_TRAINING: dict[str, Any] = {
+    "iterations": 300,
+    "batch_size": 128,
+    "lr": 0.05,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "milestones": [180, 255],
+    "gamma": 0.1,
+    "crop_padding": 4,
+    "flip": True,
+    "eval_every": 100,
+    "eval_batch_size": 1000,
+    "precision": "fp32",
+    "channels_last": False,
+}
+
+
+def steps(n: int) -> dict[str, Any]:
+    """A run of n steps with the quick profile's schedule scaled: lr drops at 60% and 85%."""
+    return {"iterations": n, "milestones": [round(0.6 * n), round(0.85 * n)], "eval_every": n // 3}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    note: str
+    dataset: str = "fashion-mnist"
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+    victim: str = "fastnet"
+    victim_params: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    train_per_class: int = 1000
+    test_per_class: int = 200
+    intensity: tuple[int, int] | None = None  # map 0..255 linearly onto this range
+
+    def training_config(self) -> TrainingConfig:
+        return parse_params(TrainingConfig, {**BASE_TRAINING, **self.training}, where="candidate")
+
+    def describe(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "training": dataclasses.asdict(self.training_config())}
+
+
+FULLRES = {"stem_pool": False}
+SLIM_FULLRES = {"stem_pool": False, "stem_width": 8, "widths": [16, 64, 128]}
+TEXTURED = "fashion-mnist-textured"
+
+CANDIDATES: dict[str, Candidate] = {
+    "quick": Candidate("quick profile as it was: pooled-stem fastnet, 300 steps"),
+    "fullres": Candidate("fastnet stem_pool=false, 300 steps", victim_params=FULLRES),
+    "fullres-900": Candidate(
+        "fastnet stem_pool=false, 900 steps", victim_params=FULLRES, training=steps(900)
+    ),
+    "resnet18": Candidate(
+        "resnet18 width 8, 300 steps", victim="resnet18", victim_params={"width": 8}
+    ),
+    "resnet18-600": Candidate(
+        "resnet18 width 8, 600 steps",
+        victim="resnet18",
+        victim_params={"width": 8},
+        training=steps(600),
+    ),
+    "fullres-slim-600": Candidate(
+        "slim full-resolution fastnet (stem 8, 16/64/128), 600 steps",
+        victim_params=SLIM_FULLRES,
+        training=steps(600),
+    ),
+    "textured": Candidate("textured backgrounds, pooled fastnet, 300 steps", dataset=TEXTURED),
+    "textured-600": Candidate(
+        "textured, pooled fastnet, 600 steps", dataset=TEXTURED, training=steps(600)
+    ),
+    "textured-900": Candidate(
+        "textured, pooled fastnet, 900 steps", dataset=TEXTURED, training=steps(900)
+    ),
+    "textured-fullres": Candidate(
+        "textured, fastnet stem_pool=false, 300 steps", dataset=TEXTURED, victim_params=FULLRES
+    ),
+    "textured-slim": Candidate(
+        "textured, slim full-resolution fastnet (stem 8, 16/64/128), 300 steps",
+        dataset=TEXTURED,
+        victim_params=SLIM_FULLRES,
+    ),
+    "textured-slim-600": Candidate(
+        "textured, slim full-resolution fastnet, 600 steps",
+        dataset=TEXTURED,
+        victim_params=SLIM_FULLRES,
+        training=steps(600),
+    ),
+    "textured-resnet18": Candidate(
+        "textured, resnet18 width 8, 300 steps",
+        dataset=TEXTURED,
+        victim="resnet18",
+        victim_params={"width": 8},
+    ),
+    "textured-slim-900": Candidate(
+        "textured, slim full-resolution fastnet, 900 steps",
+        dataset=TEXTURED,
+        victim_params=SLIM_FULLRES,
+        training=steps(900),
+    ),
+    "slim-900": Candidate(
+        "slim full-resolution fastnet, 900 steps", victim_params=SLIM_FULLRES, training=steps(900)
+    ),
+    "slim-300pc-600": Candidate(
+        "300 train images per class, slim full-resolution fastnet, 600 steps",
+        victim_params=SLIM_FULLRES,
+        train_per_class=300,
+        training=steps(600),
+    ),
+    "300pc-600": Candidate(
+        "300 train images per class, pooled fastnet, 600 steps",
+        train_per_class=300,
+        training=steps(600),
+    ),
+    "200pc-900": Candidate(
+        "200 train images per class, pooled fastnet, 900 steps",
+        train_per_class=200,
+        training=steps(900),
+    ),
+    "slim-bs32-1200": Candidate(
+        "slim full-resolution fastnet, batch 32, 1200 steps (the images of 300 steps at 128)",
+        victim_params=SLIM_FULLRES,
+        training={**steps(1200), "batch_size": 32},
+    ),
+    "fullres-bs32-1200": Candidate(
+        "fastnet stem_pool=false, batch 32, 1200 steps (the images of 300 steps at 128)",
+        victim_params=FULLRES,
+        training={**steps(1200), "batch_size": 32},
+    ),
+    "textured-lr01": Candidate(
+        "textured, pooled fastnet, 300 steps, lr 0.1", dataset=TEXTURED, training={"lr": 0.1}
+    ),
+    "textured-half-600": Candidate(
+        "textured, 500 train images per class, pooled fastnet, 600 steps",
+        dataset=TEXTURED,
+        train_per_class=500,
+        training=steps(600),
+    ),
+}
+
+
+# --------------------------------------------------------------------------- one cell
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def context(seed: int, training: TrainingConfig) -> RunContext:
+    """A CPU RunContext with whatever fields this version of the interface declares."""
+    from ueb.artifacts import ArtifactStore
+    from ueb.progress import silent
+
+    registry = get_registry()
+    offered: dict[str, Any] = {
+        "seed": seed,
+        "device": "cpu",
+        "artifacts": ArtifactStore(),  # the user's cache; the controls store nothing
+        "progress": silent(),
+        "training": training,
+        "registry": registry,
+        "log": lambda _msg: None,
+    }
+    try:
+        from ueb.registry import registry_provider  # type: ignore[attr-defined]
+
+        offered["provider"] = registry_provider(registry)
+    except ImportError:
+        pass
+    names = {f.name for f in dataclasses.fields(RunContext)}
+    if "profile" in names:
+        from ueb.profile import load_profile
+
+        offered["profile"] = dataclasses.replace(load_profile("quick"), training=training)
+    return RunContext(**{k: v for k, v in offered.items() if k in names})
+
+
+def load_data(c: Candidate) -> tuple[ImageSet, ImageSet]:
+    splits = get_registry().create("dataset", c.dataset, c.dataset_params).load(None)
+    train = splits.train.first_per_class(c.train_per_class)
+    test = splits.test.first_per_class(c.test_per_class)
+    if c.intensity is not None:
+        lo, hi = c.intensity
+        train, test = (s.with_images(remap(s.images, lo, hi)) for s in (train, test))
+    return train, test
+
+
+def remap(images: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    return (lo + images.float() * ((hi - lo) / 255)).round().to(torch.uint8)
+
+
+def run_cell(
+    c: Candidate, poisoner_name: str, seed: int, train: ImageSet, test: ImageSet
+) -> dict[str, Any]:
+    registry = get_registry()
+    cfg = c.training_config()
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    seed_everything(seed)
+    poisoner = registry.create("poisoner", poisoner_name)
+    output = poisoner.poison(train, context(seed, cfg))
+    images, stats = check_poison(
+        train, output, poisoner.budget(), poisoner.sample_wise, poisoner_name
+    )
+    poisoned = train.with_images(images)
+    poison_s = time.perf_counter() - t0
+    seed_everything(seed)
+    model = registry.create("victim", c.victim, c.victim_params).build(
+        train.num_classes, train.image_size, train.channels
+    )
+    result = Trainer(cfg, "cpu", seed).fit(model, poisoned, test)
+    t1 = time.perf_counter()
+    probe = shortcut_probe(model, train, poisoned, test, device="cpu", seed=seed)
+    probe_s = time.perf_counter() - t1
+    return {
+        "poisoner": poisoner_name,
+        "seed": seed,
+        "final_acc": result.final_acc,
+        "peak_acc": result.peak_acc,
+        "history": result.history,
+        "probe": probe,
+        "poison_facts": {**stats, **poisoner.report()},
+        "seconds": {"poison": poison_s, "train": result.seconds, "probe": probe_s},
+        "cpu_seconds": time.process_time()
+        - cpu0,  # all threads; less sensitive to load than wall time
+    }
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def run(names: list[str], seeds: list[int], poisoners: list[str]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        c = CANDIDATES[name]
+        path = RESULTS / f"{name}.json"
+        doc = json.loads(path.read_text()) if path.exists() else {}
+        doc.update(
+            candidate=name,
+            config=c.describe(),
+            torch=torch.__version__,
+            threads=torch.get_num_threads(),
+            cpus=os.cpu_count(),
+        )
+        doc.setdefault("runs", [])
+        doc.setdefault("cells", [])
+        done = {(cell["poisoner"], cell["seed"]) for cell in doc["cells"]}
+        todo = [(p, s) for s in seeds for p in poisoners if (p, s) not in done]
+        if not todo:
+            print(f"{name}: nothing to do")
+            continue
+        train, test = load_data(c)
+        session = {
+            "date": datetime.date.today().isoformat(),
+            "commit": git_commit(),
+            "load_start": load_average(),
+            "cells": len(todo),
+        }
+        doc["runs"].append(session)
+        for p, s in todo:
+            cell = run_cell(c, p, s, train, test)
+            cell["load"] = load_average()
+            cell["commit"] = session["commit"]
+            doc["cells"].append(cell)
+            session["load_end"] = load_average()
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(doc, indent=1))
+            tmp.replace(path)
+            sec = sum(cell["seconds"].values())
+            pr = cell["probe"]
+            print(
+                f"{name:20s} {p:11s} seed {s}: {cell['final_acc']:6.2f}%  target_rate {pr['target_rate']:.2f}"
+                f"  train_acc {pr['train_acc']:6.2f}  {sec:5.1f} s  load {cell['load']:.1f}",
+                flush=True,
+            )
+
+
+# --------------------------------------------------------------------------- table
+
+
+def summarise(doc: dict[str, Any]) -> dict[str, Any]:
+    """Per poisoner: accuracies by seed, mean, std, latch count, median seconds per cell."""
+    rows: dict[str, Any] = {}
+    for p in CONTROLS:
+        cells = sorted((c for c in doc["cells"] if c["poisoner"] == p), key=lambda c: c["seed"])
+        if not cells:
+            continue
+        accs = [c["final_acc"] for c in cells]
+        rows[p] = {
+            "seeds": [c["seed"] for c in cells],
+            "acc": accs,
+            "mean": statistics.fmean(accs),
+            "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "target_rate": [c["probe"]["target_rate"] for c in cells],
+            "latched": sum(bool(c["probe"]["latched"]) for c in cells),
+            "seconds": statistics.median(sum(c["seconds"].values()) for c in cells),
+        }
+    return rows
+
+
+def verdict(rows: dict[str, Any]) -> str:
+    """'valid' when clean is tight (std <= 2) and every control is learned in >= 2 of 3 seeds."""
+    if "clean" not in rows or any(len(r["acc"]) < 3 for r in rows.values()):
+        return "screen"
+    clean = rows["clean"]
+    learned = [
+        p
+        for p, r in rows.items()
+        if p != "clean" and r["latched"] >= 2 and r["mean"] < clean["mean"] - 20
+    ]
+    controls = [p for p in rows if p != "clean"]
+    ok = clean["std"] <= 2.0 and len(learned) == len(controls)
+    return "valid" if ok else f"learned {len(learned)}/{len(controls)}"
+
+
+def table() -> str:
+    lines = [
+        "| candidate | s/cell | load | clean | " + " | ".join(CONTROLS[1:]) + " | verdict |",
+        "|---|---:|---:|---|" + "---|" * (len(CONTROLS) - 1) + "---|",
+    ]
+    for path in sorted(RESULTS.glob("*.json")):
+        doc = json.loads(path.read_text())
+        rows = summarise(doc)
+        if not rows:
+            continue
+        secs = statistics.median(r["seconds"] for r in rows.values())
+        load = statistics.fmean(c["load"] for c in doc["cells"])
+
+        def fmt(p: str, rows: dict[str, Any] = rows) -> str:
+            r = rows.get(p)
+            if r is None:
+                return "-"
+            per_seed = " / ".join(f"{a:.1f}" for a in r["acc"])
+            rates = " / ".join(f"{t:.2f}" for t in r["target_rate"])
+            return f"{per_seed} ({r['mean']:.1f} ± {r['std']:.1f}); probe {rates}, {r['latched']}/{len(r['acc'])} latched"
+
+        cols = " | ".join(fmt(p) for p in CONTROLS)
+        lines.append(f"| {doc['candidate']} | {secs:.0f} | {load:.1f} | {cols} | {verdict(rows)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train the candidates' cells (resumes)")
+    r.add_argument("candidates", nargs="+", choices=sorted(CANDIDATES))
+    r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    r.add_argument("--poisoners", nargs="+", default=list(CONTROLS), choices=CONTROLS)
+    sub.add_parser("table", help="write results/table.md from results/*.json")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("UEB_PLUGINS", "ueb")
+    if args.command == "run":
+        run(args.candidates, args.seeds, args.poisoners)
+    text = table()
+    (RESULTS / "table.md").write_text(text)
+    if args.command == "table":
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()
