@@ -297,7 +297,7 @@ def test_each_countermeasure_trains_a_victim_through_the_trainer(run_context, na
     train = make_imageset(per_class=8, num_classes=4, seed=0)
     test = make_imageset(per_class=3, num_classes=4, seed=1)
     cm = create(name, **({"steps": 2} if name.startswith("at-") else {}))
-    cfg = replace(run_context.profile.training, iterations=4, batch_size=16, milestones=(3,), eval_every=0)
+    cfg = replace(run_context.training, iterations=4, batch_size=16, milestones=(3,), eval_every=0)
     trainer = Trainer(cfg, device=run_context.device, seed=0)
     train2 = cm.transform_train_set(train, run_context)
     test2 = cm.transform_test_set(test, run_context)
