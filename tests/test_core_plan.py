@@ -211,7 +211,7 @@ def test_a_damaged_cached_poison_is_recomputed_not_used(registry, tmp_path, caps
     shutil.rmtree(tmp_path / "c" / "cells")
     runner.execute()
     assert CALLS["poison"] == 2
-    assert "poison cache entry" in capsys.readouterr().out
+    assert "poison cache entry" in capsys.readouterr().err
     (record,) = runner.store.records()
     assert record.poison_facts["linf_max"] == pytest.approx(4 / 255, abs=1e-6)
 

@@ -33,6 +33,7 @@ class Output:
 
     def warn(self, line: str) -> None:
         """A failure the user must see, also under --quiet (stderr)."""
+        line = line.removeprefix("warning: ")
         self.err.print(f"[bold yellow]warning:[/bold yellow] {escape(line)}", soft_wrap=True)
 
     def error(self, line: str) -> None:

@@ -54,6 +54,12 @@ def cache_root_of(plan: Plan) -> Path:
     )
 
 
+def _stderr(message: str) -> None:
+    import sys
+
+    print(f"warning: {message.removeprefix('warning: ')}", file=sys.stderr)
+
+
 class MatrixRunner:
     def __init__(
         self,
@@ -67,7 +73,7 @@ class MatrixRunner:
         """`log` gets progress chatter (one line per finished cell); `warn` gets failures, and is
         what `--quiet` keeps."""
         self.plan = plan
-        self.warn = warn or log
+        self.warn = warn or _stderr
         self.registry = registry
         self.run_dir = Path(run_dir)
         self.progress = progress
@@ -149,7 +155,7 @@ class MatrixRunner:
         )
 
     def _sequential(self, todo: list[Cell], policy: FailurePolicy, bar: Any) -> None:
-        worker = CellWorker(self.job, self.registry, self.progress, self.log)
+        worker = CellWorker(self.job, self.registry, self.progress, self.log, self.warn)
         for cell in todo:
             bar.update(description=f"{cell.dataset} / {cell.poisoner} / {cell.countermeasure}")
             fatal: BaseException | None = None

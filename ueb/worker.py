@@ -41,6 +41,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _stderr(message: str) -> None:
+    import sys
+
+    print(f"warning: {message.removeprefix('warning: ')}", file=sys.stderr)
+
+
 def mix_poison(clean: ImageSet, poisoned: ImageSet, fraction: float, seed: int) -> ImageSet:
     """Poison a seeded, fixed subset of `fraction` of the images; keep the rest clean."""
     if fraction >= 1.0:
@@ -84,15 +90,19 @@ class CellWorker:
         registry: Registry,
         progress: Progress | None = None,
         log: Callable[[str], None] = print,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
+        """`log` gets chatter; `warn` what must be seen even under --quiet (a damaged cache
+        entry, waiting for another process): stderr unless the caller routes it."""
         self.job = job
         self.plan = job.plan
         self.registry = registry
         self.device = job.device
         self.progress = progress or silent()
         self.log = log
-        self.artifacts = ArtifactStore(Path(job.cache_root), log=log)
-        self.poisons = PoisonCache(self.artifacts.root / "poisons", log=log)
+        self.warn = warn or _stderr
+        self.artifacts = ArtifactStore(Path(job.cache_root), log=self.warn)
+        self.poisons = PoisonCache(self.artifacts.root / "poisons", log=self.warn)
         self._poison_memo: tuple[tuple[str, str, int], Poisoned] | None = None
         self._data_stage_memo: tuple[tuple[Any, ...], tuple[ImageSet, ImageSet]] | None = None
 
