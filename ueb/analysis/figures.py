@@ -41,7 +41,9 @@ class FigureSet:
 
 
 def _slug(*parts: str) -> str:
-    return "_".join("".join(ch if ch.isalnum() or ch in "-." else "-" for ch in p) for p in parts if p)
+    return "_".join(
+        "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in p) for p in parts if p
+    )
 
 
 def make_figures(
@@ -94,10 +96,31 @@ def make_figures(
                     continue
                 if "tsne" in kinds:
                     log(f"t-SNE: {dataset} / {poisoner} / {victim}")
-                    _try(out, f"t-SNE skipped for {dataset} / {poisoner} / {victim}", _tsne_figure, run, clean, poisoned, cells[0], tsne_per_class, device)
+                    _try(
+                        out,
+                        f"t-SNE skipped for {dataset} / {poisoner} / {victim}",
+                        _tsne_figure,
+                        run,
+                        clean,
+                        poisoned,
+                        cells[0],
+                        tsne_per_class,
+                        device,
+                    )
                 if "gradcam" in kinds:
                     log(f"Grad-CAM: {dataset} / {poisoner} / {victim}")
-                    _try(out, f"Grad-CAM skipped for {dataset} / {poisoner} / {victim}", _gradcam_figure, run, clean, poisoned, index, captions, cells, device)
+                    _try(
+                        out,
+                        f"Grad-CAM skipped for {dataset} / {poisoner} / {victim}",
+                        _gradcam_figure,
+                        run,
+                        clean,
+                        poisoned,
+                        index,
+                        captions,
+                        cells,
+                        device,
+                    )
     return out
 
 
@@ -113,11 +136,17 @@ def _try(out: FigureSet, what: str, make: Callable[..., FigureOut], *args: Any) 
 
 def _representative(run: RunData, dataset: str, poisoner: str) -> CellRecord | None:
     """A finished cell of (dataset, poisoner) whose poison key leads to the cache: lowest seed first."""
-    cands = [r for r in run.ok() if r.dataset == dataset and r.poisoner == poisoner and r.poison_facts.get("key")]
+    cands = [
+        r
+        for r in run.ok()
+        if r.dataset == dataset and r.poisoner == poisoner and r.poison_facts.get("key")
+    ]
     return min(cands, key=lambda r: (r.seed, -r.poison_fraction, r.ordinal)) if cands else None
 
 
-def _model_cells(run: RunData, dataset: str, poisoner: str, victim: str, seed: int) -> list[CellRecord]:
+def _model_cells(
+    run: RunData, dataset: str, poisoner: str, victim: str, seed: int
+) -> list[CellRecord]:
     """Cells with a saved model trained on the fully poisoned set, vanilla first, in the run's order."""
     order = {c: i for i, c in enumerate(run.ordered("countermeasure"))}
     cells = [
@@ -127,7 +156,9 @@ def _model_cells(run: RunData, dataset: str, poisoner: str, victim: str, seed: i
         and r.poison_fraction >= 1.0
         and run.has_model(r)
     ]
-    return sorted(cells, key=lambda r: (r.countermeasure != "vanilla", order.get(r.countermeasure, 0)))
+    return sorted(
+        cells, key=lambda r: (r.countermeasure != "vanilla", order.get(r.countermeasure, 0))
+    )
 
 
 def sample_indices(images: ImageSet, k: int) -> list[int]:
@@ -186,7 +217,13 @@ def _float(images: torch.Tensor) -> np.ndarray:
     return images.float().div(255.0).numpy()
 
 
-def _perturbation_figure(clean: ImageSet, poisoned: torch.Tensor, index: Sequence[int], captions: Sequence[str], rep: CellRecord) -> FigureOut:
+def _perturbation_figure(
+    clean: ImageSet,
+    poisoned: torch.Tensor,
+    index: Sequence[int],
+    captions: Sequence[str],
+    rep: CellRecord,
+) -> FigureOut:
     from ueb.analysis import plots
 
     c = _float(clean.uint8()[list(index)])
@@ -194,7 +231,9 @@ def _perturbation_figure(clean: ImageSet, poisoned: torch.Tensor, index: Sequenc
     linf = float(abs(p - c).max()) * 255 if len(c) else 0.0
     title = f"{rep.poisoner} on {rep.dataset} (seed {rep.seed}): clean / unlearnable / |perturbation|, max |delta| = {linf:.0f}/255"
     png = plots.perturbation_grid(c, p, captions, title)
-    return FigureOut("perturbations", _slug("perturbations", rep.dataset, rep.poisoner), title, png, rep.dataset)
+    return FigureOut(
+        "perturbations", _slug("perturbations", rep.dataset, rep.poisoner), title, png, rep.dataset
+    )
 
 
 def _features(model: Any, x: torch.Tensor, device: str, batch: int = 256) -> np.ndarray:
@@ -218,14 +257,23 @@ def embed_tsne(features: np.ndarray, seed: int = 0) -> np.ndarray:
     if x.shape[1] > 50 and x.shape[0] > 50:
         x = PCA(n_components=50, random_state=seed).fit_transform(x)
     perplexity = max(2.0, min(30.0, (len(x) - 1) / 3.0))
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, learning_rate="auto")
+    tsne = TSNE(
+        n_components=2, perplexity=perplexity, init="pca", random_state=seed, learning_rate="auto"
+    )
     # One OpenMP thread: Barnes-Hut's threads spin-wait, and on a loaded machine 200 points took
     # 90 s instead of 2 s; one thread also makes the layout reproducible.
     with threadpool_limits(limits=1, user_api="openmp"):
         return tsne.fit_transform(x)
 
 
-def _tsne_figure(run: RunData, clean: ImageSet, poisoned: torch.Tensor, cell: CellRecord, per_class: int, device: str) -> FigureOut:
+def _tsne_figure(
+    run: RunData,
+    clean: ImageSet,
+    poisoned: torch.Tensor,
+    cell: CellRecord,
+    per_class: int,
+    device: str,
+) -> FigureOut:
     import torch
 
     from ueb.analysis import plots
@@ -247,12 +295,22 @@ def _tsne_figure(run: RunData, clean: ImageSet, poisoned: torch.Tensor, cell: Ce
         f"t-SNE of {cell.victim} features ({cell.dataset}, trained on {cell.poisoner} with {cell.countermeasure}, "
         f"seed {cell.seed}; {len(idx)} training images)"
     )
-    png = plots.tsne_pair(embed_tsne(f_clean, cell.seed), embed_tsne(f_pert, cell.seed), y, classes, title)
-    return FigureOut("tsne", _slug("tsne", cell.dataset, cell.poisoner, cell.victim), title, png, cell.dataset)
+    png = plots.tsne_pair(
+        embed_tsne(f_clean, cell.seed), embed_tsne(f_pert, cell.seed), y, classes, title
+    )
+    return FigureOut(
+        "tsne", _slug("tsne", cell.dataset, cell.poisoner, cell.victim), title, png, cell.dataset
+    )
 
 
 def _gradcam_figure(
-    run: RunData, clean: ImageSet, poisoned: torch.Tensor, index: Sequence[int], captions: Sequence[str], cells: list[CellRecord], device: str
+    run: RunData,
+    clean: ImageSet,
+    poisoned: torch.Tensor,
+    index: Sequence[int],
+    captions: Sequence[str],
+    cells: list[CellRecord],
+    device: str,
 ) -> FigureOut:
     from ueb.analysis import plots
     from ueb.analysis.gradcam import grad_cam, last_conv
@@ -276,5 +334,10 @@ def _gradcam_figure(
     first = cells[0]
     title = f"Grad-CAM of {first.victim} on {first.poisoner} unlearnable examples ({first.dataset}, seed {first.seed}, true class)"
     png = plots.gradcam_grid(_float(clean.uint8()[idx]), ue.numpy(), maps, captions, title)
-    return FigureOut("gradcam", _slug("gradcam", first.dataset, first.poisoner, first.victim), title, png, first.dataset)
-
+    return FigureOut(
+        "gradcam",
+        _slug("gradcam", first.dataset, first.poisoner, first.victim),
+        title,
+        png,
+        first.dataset,
+    )

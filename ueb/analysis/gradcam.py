@@ -21,7 +21,10 @@ def last_conv(model: nn.Module) -> nn.Conv2d | None:
 
 
 def grad_cam(
-    model: nn.Module, images: torch.Tensor, targets: torch.Tensor | None = None, layer: nn.Module | None = None
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    layer: nn.Module | None = None,
 ) -> torch.Tensor:
     """Grad-CAM maps (N, H, W) in [0, 1] for [0, 1] `images` (N, C, H, W).
 
@@ -41,7 +44,9 @@ def grad_cam(
     handle = layer.register_forward_hook(keep)
     try:
         with torch.enable_grad():
-            x = images.detach().clone().requires_grad_(True)  # so hooks fire even with frozen weights
+            x = (
+                images.detach().clone().requires_grad_(True)
+            )  # so hooks fire even with frozen weights
             logits = model(x)
             if targets is None:
                 targets = logits.argmax(1)

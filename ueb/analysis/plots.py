@@ -32,12 +32,24 @@ def _hwc(image: np.ndarray) -> np.ndarray:
 
 
 def _show(ax: Any, image: np.ndarray) -> None:
-    ax.imshow(_hwc(image), cmap="gray" if image.shape[0] == 1 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.imshow(
+        _hwc(image),
+        cmap="gray" if image.shape[0] == 1 else None,
+        vmin=0.0,
+        vmax=1.0,
+        interpolation="nearest",
+    )
     ax.set_xticks([])
     ax.set_yticks([])
 
 
-def heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[str], texts: Sequence[Sequence[str]], title: str) -> bytes:
+def heatmap(
+    values: np.ndarray,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    texts: Sequence[Sequence[str]],
+    title: str,
+) -> bytes:
     """The matrix as colours: rows = poisoners, columns = countermeasures, colour = accuracy (%).
 
     `values` is NaN where a cell has no number; `texts` is what each cell shows.
@@ -48,7 +60,9 @@ def heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[str], tex
     masked = np.ma.masked_invalid(values)
     cmap = _cmap("viridis").with_extremes(bad="#dddddd")
     im = ax.imshow(masked, cmap=cmap, vmin=0.0, vmax=100.0, aspect="auto")
-    ax.set_xticks(range(n_cols), labels=list(columns), rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_xticks(
+        range(n_cols), labels=list(columns), rotation=45, ha="right", rotation_mode="anchor"
+    )
     ax.set_yticks(range(n_rows), labels=list(rows))
     for i in range(n_rows):
         for j in range(n_cols):
@@ -74,7 +88,9 @@ def amplified(perturbation: np.ndarray) -> np.ndarray:
     return np.divide(a, hi, out=np.zeros_like(a), where=hi > 0)
 
 
-def perturbation_grid(clean: np.ndarray, poisoned: np.ndarray, captions: Sequence[str], title: str) -> bytes:
+def perturbation_grid(
+    clean: np.ndarray, poisoned: np.ndarray, captions: Sequence[str], title: str
+) -> bytes:
     """Three rows over k samples: clean images, unlearnable examples, amplified |perturbation|.
 
     `clean` and `poisoned` are (k, C, H, W) floats in [0, 1].
@@ -94,27 +110,48 @@ def perturbation_grid(clean: np.ndarray, poisoned: np.ndarray, captions: Sequenc
 
 
 def tsne_pair(
-    clean_xy: np.ndarray, pert_xy: np.ndarray, labels: np.ndarray, classes: Sequence[str], title: str
+    clean_xy: np.ndarray,
+    pert_xy: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    title: str,
 ) -> bytes:
     """Two scatter plots (the paper's Fig. 4): features of clean images, features of perturbations."""
     fig = Figure(figsize=(10, 4.6))
     axes = fig.subplots(1, 2)
     cmap = _cmap("tab10" if len(classes) <= 10 else "tab20")
-    for ax, xy, name in ((axes[0], clean_xy, "clean images"), (axes[1], pert_xy, "perturbations x_ue - x_c")):
+    for ax, xy, name in (
+        (axes[0], clean_xy, "clean images"),
+        (axes[1], pert_xy, "perturbations x_ue - x_c"),
+    ):
         for c, cname in enumerate(classes):
             sel = labels == c
             if sel.any():
-                ax.scatter(xy[sel, 0], xy[sel, 1], s=9, color=cmap(c % cmap.N), label=cname, alpha=0.85, linewidths=0)
+                ax.scatter(
+                    xy[sel, 0],
+                    xy[sel, 1],
+                    s=9,
+                    color=cmap(c % cmap.N),
+                    label=cname,
+                    alpha=0.85,
+                    linewidths=0,
+                )
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, markerscale=1.5, frameon=False)
+    axes[1].legend(
+        loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, markerscale=1.5, frameon=False
+    )
     fig.suptitle(title, fontsize=10)
     return _png(fig)
 
 
 def gradcam_grid(
-    clean: np.ndarray, poisoned: np.ndarray, maps: dict[str, np.ndarray], captions: Sequence[str], title: str
+    clean: np.ndarray,
+    poisoned: np.ndarray,
+    maps: dict[str, np.ndarray],
+    captions: Sequence[str],
+    title: str,
 ) -> bytes:
     """Rows = samples; columns: clean image, unlearnable example, then one Grad-CAM overlay per model.
 

@@ -112,7 +112,9 @@ class RunData:
             raise Missing("the run's manifest names no cache_root")
         path = self.cache_root / "poisons" / str(key) / "images.npy"
         if not path.exists():
-            raise Missing(f"poison of {record.poisoner} on {record.dataset} is not in the cache ({path})")
+            raise Missing(
+                f"poison of {record.poisoner} on {record.dataset} is not in the cache ({path})"
+            )
         try:
             return torch.from_numpy(np.load(path, allow_pickle=False))
         except (OSError, ValueError) as exc:
@@ -137,7 +139,9 @@ class RunData:
     def has_model(self, record: CellRecord) -> bool:
         return self.model_path(record).exists()
 
-    def load_model(self, record: CellRecord, clean: ImageSet, device: str = "cpu") -> torch.nn.Module:
+    def load_model(
+        self, record: CellRecord, clean: ImageSet, device: str = "cpu"
+    ) -> torch.nn.Module:
         """The trained victim of `record`, rebuilt from the registry and its saved state_dict."""
         import torch
 
@@ -145,7 +149,9 @@ class RunData:
 
         path = self.model_path(record)
         if not path.exists():
-            raise Missing(f"no saved model for {record.poisoner} x {record.countermeasure} x {record.victim} ({path.name})")
+            raise Missing(
+                f"no saved model for {record.poisoner} x {record.countermeasure} x {record.victim} ({path.name})"
+            )
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
             # The record holds every resolved parameter; the file only the run's overrides, which
@@ -156,7 +162,11 @@ class RunData:
             model.load_state_dict(saved["state_dict"])
         except (OSError, RuntimeError, KeyError, UebError) as exc:
             now = self._registry().get("victim", record.victim).load_class().version
-            why = f"victim {record.victim} is v{now} now, v{record.victim_version} in the run" if now != record.victim_version else "the victim's code changed since the run?"
+            why = (
+                f"victim {record.victim} is v{now} now, v{record.victim_version} in the run"
+                if now != record.victim_version
+                else "the victim's code changed since the run?"
+            )
             first = str(exc).strip().splitlines()[0][:160]
             raise Missing(f"saved model {path.name} cannot be restored ({first} {why})") from exc
         return model.to(device).eval()
