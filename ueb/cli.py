@@ -510,12 +510,17 @@ def profiles(
                             "settings": ", ".join(f"{a}={b}" for a, b in values.items()),
                         }
                     )
-        Output().rows(
-            rows_p,
-            columns=["plugin", "kind", "scale", "settings"],
-            title="Scale presets shipped by plugins (under the profile's [plugins.NAME] and --param)",
-            wrap="settings",
-        )
+        if rows_p:
+            Output().rows(
+                rows_p,
+                columns=["plugin", "kind", "scale", "settings"],
+                title="Scale presets shipped by plugins (under the profile's [plugins.NAME] and --param)",
+                wrap="settings",
+            )
+        else:
+            Output().info(
+                "no installed plugin ships scale presets (the profiles' [plugins.NAME] tables set the built-ins' scale)"
+            )
     rows = []
     for name in available_profiles():
         p = load_profile(name)
@@ -525,15 +530,16 @@ def profiles(
                 "profile": name,
                 "victims": ",".join(p.victims),
                 "datasets": ",".join(p.datasets),
-                "iterations": str(t.iterations),
+                "steps": str(t.iterations),
                 "batch": str(t.batch_size),
                 "description": p.description,
             }
         )
     Output().rows(
         rows,
-        columns=["profile", "victims", "datasets", "iterations", "batch", "description"],
+        columns=["profile", "victims", "datasets", "steps", "batch", "description"],
         title="Profiles",
+        wrap="description",
     )
 
 

@@ -83,7 +83,7 @@ class Output:
         t = Table(title=title, expand=False)
         for c in present:
             if c == wrap:
-                t.add_column(c, overflow="fold", ratio=1, min_width=24)
+                t.add_column(c, overflow="fold", ratio=1, min_width=12)
             else:
                 t.add_column(c, no_wrap=True, overflow="fold")
         for r in rows:
