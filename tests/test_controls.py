@@ -145,3 +145,70 @@ def test_textured_rejects_bad_settings():
         get_registry().create("dataset", "fashion-mnist-textured", {"photos": ["nope"]}).load(None)
     with pytest.raises(ConfigError, match="photo_size"):
         get_registry().create("dataset", "fashion-mnist-textured", {"photo_size": 16}).load(None)
+
+
+# --------------------------------------------------------------------------- calibration script
+
+
+def _calibrate():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "testbed" / "calibrate.py"
+    spec = importlib.util.spec_from_file_location("testbed_calibrate", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(clean, controls):
+    def row(accs, latched):
+        return {
+            "acc": accs,
+            "mean": sum(accs) / 3,
+            "std": float(torch.tensor(accs).std()),
+            "latched": latched,
+            "seeds": [0, 1, 2],
+        }
+
+    out = {"clean": row(clean, 0)}
+    out.update({name: row(accs, latched) for name, (accs, latched) in controls.items()})
+    return out
+
+
+def test_calibration_verdict_needs_every_control_learned_and_a_tight_clean_row():
+    cal = _calibrate()
+    learned = ([30.0, 32.0, 35.0], 2)
+    good = {p: learned for p in ("cw-uniform", "cw-hf", "cw-mf", "cw-lf")}
+    assert cal.verdict(_rows([85.0, 86.0, 85.5], good)) == "valid"
+    # one latch short, or a drop of less than 20 points, is not learned
+    assert (
+        cal.verdict(_rows([85.0, 86.0, 85.5], {**good, "cw-hf": ([30.0, 32.0, 35.0], 1)}))
+        != "valid"
+    )
+    assert (
+        cal.verdict(_rows([85.0, 86.0, 85.5], {**good, "cw-hf": ([70.0, 70.0, 70.0], 3)}))
+        != "valid"
+    )
+    # a clean row spread over more than 2 points is not a test bed
+    assert cal.verdict(_rows([80.0, 86.0, 85.5], good)) != "valid"
+
+
+def test_calibration_cell_runs_end_to_end_on_a_tiny_candidate():
+    cal = _calibrate()
+    tiny = cal.Candidate(
+        "tiny",
+        victim_params={"stem_width": 4, "widths": [8]},
+        training={"iterations": 3, "milestones": [2], "eval_every": 3, "batch_size": 16},
+        train_per_class=6,
+        test_per_class=3,
+    )
+    train, test = cal.load_data(tiny)
+    assert len(train) == 60 and len(test) == 30
+    cell = cal.run_cell(tiny, "cw-hf", 0, train, test)
+    assert cell["poisoner"] == "cw-hf" and 0 <= cell["final_acc"] <= 100
+    assert set(cell["probe"]) == {"target_rate", "train_acc", "latched", "threshold", "pairs"}
+    assert cell["probe"]["pairs"] == 30
+    assert cell["poison_facts"]["haar_detail_share"] > 0.7

@@ -3,13 +3,17 @@
 For each candidate configuration (dataset, victim, training length, data size, intensity
 range), train the victim on clean data and on each class-wise control's poison (cw-uniform,
 cw-hf, cw-mf, cw-lf) over several seeds, and record the final clean test accuracy, the shortcut
-probe (ueb.probe) and the seconds per cell. A configuration is a valid test bed when every
-control is learned (accuracy far below clean, probe latched in at least 2 of 3 seeds) and the
-clean row is high and tight. No unlearnable method runs here: only the controls decide.
+probe (ueb.probe) and the seconds per cell. A control counts as learned when the probe latched
+in at least 2 of 3 seeds and its mean accuracy is at least 20 points below clean; a candidate
+is a valid test bed when every control is learned and the clean row's std is <= 2 points. No
+unlearnable method runs here: only the controls decide.
 
-    OMP_NUM_THREADS=2 python benchmarks/testbed/calibrate.py run quick textured --seeds 0 1 2
+    OMP_NUM_THREADS=1 python benchmarks/testbed/calibrate.py run quick 300pc-600 --seeds 0 1 2
+    python benchmarks/testbed/calibrate.py run textured --seeds 0 --poisoners clean cw-hf
     python benchmarks/testbed/calibrate.py table     # results/*.json -> results/table.md
 
+One thread: on a shared 2-core machine two threads wait on each other whenever another job
+holds a core (a 300-step cell took 497 s with two threads at load 7, 34 s with one at load 3).
 Results go to benchmarks/testbed/results/<candidate>.json, rewritten after every cell, so an
 interrupted run resumes where it stopped. Every candidate pins its whole protocol here; none
 reads the quick profile, whose settings this calibration chooses.
@@ -34,13 +38,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from ueb.artifacts import ArtifactStore
 from ueb.imageset import ImageSet
 from ueb.integrity import check_poison
 from ueb.interfaces import RunContext
 from ueb.params import parse_params
 from ueb.probe import shortcut_probe
 from ueb.profile import TrainingConfig
-from ueb.registry import get_registry
+from ueb.progress import silent
+from ueb.registry import get_registry, registry_provider
 from ueb.training import Trainer
 
 RESULTS = Path(__file__).parent / "results"
@@ -93,66 +99,40 @@ SLIM_FULLRES = {"stem_pool": False, "stem_width": 8, "widths": [16, 64, 128]}
 TEXTURED = "fashion-mnist-textured"
 
 CANDIDATES: dict[str, Candidate] = {
-    "quick": Candidate("quick profile as it was: pooled-stem fastnet, 300 steps"),
+    "quick": Candidate("the quick profile before this calibration: pooled-stem fastnet, 300 steps"),
     "fullres": Candidate("fastnet stem_pool=false, 300 steps", victim_params=FULLRES),
+    "fullres-16-239": Candidate(
+        "fastnet stem_pool=false, 300 steps, images mapped to [16, 239] (nothing clipped)",
+        victim_params=FULLRES,
+        intensity=(16, 239),
+    ),
     "fullres-900": Candidate(
-        "fastnet stem_pool=false, 900 steps", victim_params=FULLRES, training=steps(900)
+        "fastnet stem_pool=false, 900 steps (milestones x3)",
+        victim_params=FULLRES,
+        training=steps(900),
     ),
     "resnet18": Candidate(
         "resnet18 width 8, 300 steps", victim="resnet18", victim_params={"width": 8}
     ),
-    "resnet18-600": Candidate(
-        "resnet18 width 8, 600 steps",
-        victim="resnet18",
-        victim_params={"width": 8},
-        training=steps(600),
-    ),
-    "fullres-slim-600": Candidate(
-        "slim full-resolution fastnet (stem 8, 16/64/128), 600 steps",
-        victim_params=SLIM_FULLRES,
-        training=steps(600),
-    ),
     "textured": Candidate("textured backgrounds, pooled fastnet, 300 steps", dataset=TEXTURED),
-    "textured-600": Candidate(
-        "textured, pooled fastnet, 600 steps", dataset=TEXTURED, training=steps(600)
-    ),
-    "textured-900": Candidate(
-        "textured, pooled fastnet, 900 steps", dataset=TEXTURED, training=steps(900)
-    ),
-    "textured-fullres": Candidate(
-        "textured, fastnet stem_pool=false, 300 steps", dataset=TEXTURED, victim_params=FULLRES
-    ),
     "textured-slim": Candidate(
-        "textured, slim full-resolution fastnet (stem 8, 16/64/128), 300 steps",
+        "textured, slim full-resolution fastnet (stem 8, widths 16/64/128), 300 steps",
         dataset=TEXTURED,
         victim_params=SLIM_FULLRES,
     ),
-    "textured-slim-600": Candidate(
-        "textured, slim full-resolution fastnet, 600 steps",
-        dataset=TEXTURED,
+    "slim-bs32-1200": Candidate(
+        "slim full-resolution fastnet, batch 32, 1200 steps (the images of 300 steps at 128)",
         victim_params=SLIM_FULLRES,
-        training=steps(600),
-    ),
-    "textured-resnet18": Candidate(
-        "textured, resnet18 width 8, 300 steps",
-        dataset=TEXTURED,
-        victim="resnet18",
-        victim_params={"width": 8},
-    ),
-    "textured-slim-900": Candidate(
-        "textured, slim full-resolution fastnet, 900 steps",
-        dataset=TEXTURED,
-        victim_params=SLIM_FULLRES,
-        training=steps(900),
-    ),
-    "slim-900": Candidate(
-        "slim full-resolution fastnet, 900 steps", victim_params=SLIM_FULLRES, training=steps(900)
+        training={**steps(1200), "batch_size": 32},
     ),
     "slim-300pc-600": Candidate(
         "300 train images per class, slim full-resolution fastnet, 600 steps",
         victim_params=SLIM_FULLRES,
         train_per_class=300,
         training=steps(600),
+    ),
+    "300pc": Candidate(
+        "300 train images per class, pooled fastnet, 300 steps", train_per_class=300
     ),
     "300pc-600": Candidate(
         "300 train images per class, pooled fastnet, 600 steps",
@@ -163,25 +143,6 @@ CANDIDATES: dict[str, Candidate] = {
         "200 train images per class, pooled fastnet, 900 steps",
         train_per_class=200,
         training=steps(900),
-    ),
-    "slim-bs32-1200": Candidate(
-        "slim full-resolution fastnet, batch 32, 1200 steps (the images of 300 steps at 128)",
-        victim_params=SLIM_FULLRES,
-        training={**steps(1200), "batch_size": 32},
-    ),
-    "fullres-bs32-1200": Candidate(
-        "fastnet stem_pool=false, batch 32, 1200 steps (the images of 300 steps at 128)",
-        victim_params=FULLRES,
-        training={**steps(1200), "batch_size": 32},
-    ),
-    "textured-lr01": Candidate(
-        "textured, pooled fastnet, 300 steps, lr 0.1", dataset=TEXTURED, training={"lr": 0.1}
-    ),
-    "textured-half-600": Candidate(
-        "textured, 500 train images per class, pooled fastnet, 600 steps",
-        dataset=TEXTURED,
-        train_per_class=500,
-        training=steps(600),
     ),
 }
 
@@ -196,32 +157,16 @@ def seed_everything(seed: int) -> None:
 
 
 def context(seed: int, training: TrainingConfig) -> RunContext:
-    """A CPU RunContext with whatever fields this version of the interface declares."""
-    from ueb.artifacts import ArtifactStore
-    from ueb.progress import silent
-
-    registry = get_registry()
-    offered: dict[str, Any] = {
-        "seed": seed,
-        "device": "cpu",
-        "artifacts": ArtifactStore(),  # the user's cache; the controls store nothing
-        "progress": silent(),
-        "training": training,
-        "registry": registry,
-        "log": lambda _msg: None,
-    }
-    try:
-        from ueb.registry import registry_provider  # type: ignore[attr-defined]
-
-        offered["provider"] = registry_provider(registry)
-    except ImportError:
-        pass
-    names = {f.name for f in dataclasses.fields(RunContext)}
-    if "profile" in names:
-        from ueb.profile import load_profile
-
-        offered["profile"] = dataclasses.replace(load_profile("quick"), training=training)
-    return RunContext(**{k: v for k, v in offered.items() if k in names})
+    """A CPU RunContext for the poisoners (the controls read only the seed)."""
+    return RunContext(
+        seed=seed,
+        device="cpu",
+        artifacts=ArtifactStore(),  # the user's cache; the controls store nothing
+        progress=silent(),
+        training=training,
+        provider=registry_provider(get_registry()),
+        log=lambda _msg: None,
+    )
 
 
 def load_data(c: Candidate) -> tuple[ImageSet, ImageSet]:
@@ -341,8 +286,11 @@ def run(names: list[str], seeds: list[int], poisoners: list[str]) -> None:
 # --------------------------------------------------------------------------- table
 
 
+LEARNED_DROP = 20.0  # points below the clean mean that count as "well below clean"
+
+
 def summarise(doc: dict[str, Any]) -> dict[str, Any]:
-    """Per poisoner: accuracies by seed, mean, std, latch count, median seconds per cell."""
+    """Per poisoner: accuracies by seed, mean, std, probe rates, latch count, seconds per cell."""
     rows: dict[str, Any] = {}
     for p in CONTROLS:
         cells = sorted((c for c in doc["cells"] if c["poisoner"] == p), key=lambda c: c["seed"])
@@ -355,50 +303,61 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
             "mean": statistics.fmean(accs),
             "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
             "target_rate": [c["probe"]["target_rate"] for c in cells],
+            "train_acc": [c["probe"]["train_acc"] for c in cells],
             "latched": sum(bool(c["probe"]["latched"]) for c in cells),
-            "seconds": statistics.median(sum(c["seconds"].values()) for c in cells),
+            "seconds": [sum(c["seconds"].values()) for c in cells],
+            "cpu_seconds": [c["cpu_seconds"] for c in cells if "cpu_seconds" in c],
         }
     return rows
 
 
+def learned(rows: dict[str, Any], p: str) -> bool:
+    """A control is learned when the probe latched in >= 2 of 3 seeds and the mean accuracy is
+    at least LEARNED_DROP points below clean."""
+    r, clean = rows[p], rows["clean"]
+    return r["latched"] >= 2 and r["mean"] <= clean["mean"] - LEARNED_DROP
+
+
 def verdict(rows: dict[str, Any]) -> str:
-    """'valid' when clean is tight (std <= 2) and every control is learned in >= 2 of 3 seeds."""
+    """'valid' when the clean row is tight (std <= 2 over 3 seeds) and every control is learned."""
     if "clean" not in rows or any(len(r["acc"]) < 3 for r in rows.values()):
-        return "screen"
-    clean = rows["clean"]
-    learned = [
-        p
-        for p, r in rows.items()
-        if p != "clean" and r["latched"] >= 2 and r["mean"] < clean["mean"] - 20
-    ]
+        return "screen (seed 0)" if all(r["seeds"] == [0] for r in rows.values()) else "partial"
     controls = [p for p in rows if p != "clean"]
-    ok = clean["std"] <= 2.0 and len(learned) == len(controls)
-    return "valid" if ok else f"learned {len(learned)}/{len(controls)}"
+    got = [p for p in controls if learned(rows, p)]
+    if rows["clean"]["std"] <= 2.0 and len(got) == len(controls) == len(CONTROLS) - 1:
+        return "valid"
+    return f"not valid: learned {', '.join(got) or 'none'}"
+
+
+def _cell(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "-"
+    accs = " / ".join(f"{a:.1f}" for a in r["acc"])
+    spread = f" ({r['mean']:.1f} ± {r['std']:.1f})" if len(r["acc"]) > 1 else ""
+    rate = max(r["target_rate"])
+    return f"{accs}{spread}, L {r['latched']}/{len(r['acc'])}, r≤{rate:.2f}"
 
 
 def table() -> str:
+    """Markdown: per candidate and control, final accuracy per seed, mean ± std, latch count (L)
+    and the largest probe target rate (r); wall and CPU seconds per cell (medians)."""
     lines = [
-        "| candidate | s/cell | load | clean | " + " | ".join(CONTROLS[1:]) + " | verdict |",
-        "|---|---:|---:|---|" + "---|" * (len(CONTROLS) - 1) + "---|",
+        "| candidate | s/cell wall | CPU s/cell | load | " + " | ".join(CONTROLS) + " | verdict |",
+        "|---|---:|---:|---:|" + "---|" * len(CONTROLS) + "---|",
     ]
     for path in sorted(RESULTS.glob("*.json")):
         doc = json.loads(path.read_text())
         rows = summarise(doc)
         if not rows:
             continue
-        secs = statistics.median(r["seconds"] for r in rows.values())
+        wall = statistics.median(t for r in rows.values() for t in r["seconds"])
+        cpu_all = [t for r in rows.values() for t in r["cpu_seconds"]]
+        cpu = f"{statistics.median(cpu_all):.0f}" if cpu_all else "-"
         load = statistics.fmean(c["load"] for c in doc["cells"])
-
-        def fmt(p: str, rows: dict[str, Any] = rows) -> str:
-            r = rows.get(p)
-            if r is None:
-                return "-"
-            per_seed = " / ".join(f"{a:.1f}" for a in r["acc"])
-            rates = " / ".join(f"{t:.2f}" for t in r["target_rate"])
-            return f"{per_seed} ({r['mean']:.1f} ± {r['std']:.1f}); probe {rates}, {r['latched']}/{len(r['acc'])} latched"
-
-        cols = " | ".join(fmt(p) for p in CONTROLS)
-        lines.append(f"| {doc['candidate']} | {secs:.0f} | {load:.1f} | {cols} | {verdict(rows)} |")
+        cols = " | ".join(_cell(rows.get(p)) for p in CONTROLS)
+        lines.append(
+            f"| {doc['candidate']} | {wall:.0f} | {cpu} | {load:.1f} | {cols} | {verdict(rows)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
