@@ -30,8 +30,37 @@ def minimal_plugins():
     return minimal_plugins
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "ueb.cli", *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd or REPO
+        [sys.executable, "-m", "ueb.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd or REPO,
     )
+
+
+def pip_install_target(source: Path, target: Path) -> None:
+    """Install the package at `source` into folder `target` (no dependencies, no network), as a
+    third party's package would be installed; put `target` on PYTHONPATH to use it."""
+    pip = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert pip.returncode == 0, pip.stderr

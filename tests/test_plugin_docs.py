@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from core_helpers import pip_install_target
 
 from ueb import errors, hookspecs, interfaces, testing
 from ueb.imageset import ImageSet
@@ -80,23 +81,7 @@ def test_the_tutorial_package_installs_passes_its_tests_and_runs(tmp_path):
     for path, body in tutorial_files().items():  # outside the repository: the build writes there
         (source / path).parent.mkdir(parents=True, exist_ok=True)
         (source / path).write_text(body)
-    pip = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(site),
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert pip.returncode == 0, pip.stderr
+    pip_install_target(source, site)
     env = {
         **os.environ,
         "PYTHONPATH": str(site),

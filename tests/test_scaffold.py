@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import typer
-from core_helpers import run_cli
+from core_helpers import pip_install_target, run_cli
 from typer.testing import CliRunner
 
 from ueb.cli_authoring import add_commands
@@ -37,23 +37,7 @@ def test_generated_package_passes_its_own_tests(tmp_path):
 def test_generated_package_installs_and_its_plugins_run(tmp_path):
     root = write_plugin_package("ueb-demo", tmp_path / "src")
     site = tmp_path / "site"
-    pip = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(site),
-            str(root),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert pip.returncode == 0, pip.stderr
+    pip_install_target(root, site)
     env = {"PYTHONPATH": str(site), "UEB_PLUGINS": "ueb-demo", "UEB_CACHE": str(tmp_path / "cache")}
     listed = run_cli("list", env=env)
     assert listed.returncode == 0, listed.stderr
