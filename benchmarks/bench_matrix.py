@@ -1,4 +1,4 @@
-"""Wall time of whole matrices (issue 9): the smoke matrix over every registered poisoner and
+"""Wall time of whole matrices: the smoke matrix over every registered poisoner and
 countermeasure (target <= 3 minutes on 2 cores), measured once per benchmark run.
 
 The quick main job (`ueb run --poisoner deephiding --countermeasures all`) takes minutes, so

@@ -19,7 +19,7 @@ Every section checks the time budget (`--budget`, 420 s by default, so the scrip
 (few iterations, small widths, 200 images) the test suite runs.
 
     python benchmarks/gpu/paper_speed.py --out paper_speed.json
-    python benchmarks/gpu/paper_speed.py --tiny --out /tmp/tiny.json
+    python benchmarks/gpu/paper_speed.py --tiny --out tiny.json
 """
 
 from __future__ import annotations
