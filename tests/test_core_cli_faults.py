@@ -240,9 +240,20 @@ def test_a_third_party_entry_point_named_like_a_built_in_keeps_both_records(monk
 
 
 def test_ueb_plugins_naming_only_a_third_party_keeps_the_built_ins(monkeypatch):
-    res = run_cli("list", "datasets", env={"UEB_PLUGINS": "not-installed-dist"})
+    # Lenient mode (a user's shell): a warning, and the built-ins still load.
+    res = run_cli(
+        "list", "datasets", env={"UEB_PLUGINS": "not-installed-dist", "UEB_STRICT_PLUGINS": ""}
+    )
     assert res.returncode == 0 and "fashion-mnist" in res.stdout
     assert "not-installed-dist" in res.stderr  # and says that name matched nothing
+
+
+def test_strict_plugins_turns_an_unmatched_ueb_plugins_name_into_an_exit_2():
+    res = run_cli(
+        "list", "datasets", env={"UEB_PLUGINS": "not-installed-dist", "UEB_STRICT_PLUGINS": "1"}
+    )
+    assert res.returncode == 2
+    assert "not-installed-dist" in res.stderr and "correct UEB_PLUGINS" in res.stderr
 
 
 def test_show_selects_a_cell_by_its_coordinates(tmp_path):

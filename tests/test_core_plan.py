@@ -137,6 +137,41 @@ def test_training_settings_enter_poison_keys_and_reach_the_plugin(registry, tmp_
     assert CALLS["poison"] == 2 and CALLS["training_lr"] == [smoke.training.lr, 0.02]
 
 
+def test_the_numerics_a_device_implies_enter_every_identity(registry, monkeypatch):
+    """`precision="auto"` (the paper profile's) trains in bf16 on CUDA and fp32 on a CPU: the
+    plan resolves it, so a GPU result and a CPU result never share a cell id or a poison."""
+    monkeypatch.setattr("ueb.plan.load_profile", _smoke_with(precision="auto", channels_last=True))
+    cpu = resolve(_config(device="auto"), registry)
+    assert cpu.training["precision"] == "fp32" and cpu.training["channels_last"] is False
+    assert cpu.profile.training.precision == "fp32"  # what the trainer and plugins receive
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    gpu = resolve(_config(device="auto"), registry)
+    assert gpu.training["precision"] == "bf16" and gpu.training["channels_last"] is True
+    assert {c.id for c in cpu.cells}.isdisjoint({c.id for c in gpu.cells})
+    assert cpu.poison_key("fashion-mnist", "shift", 0) != gpu.poison_key(
+        "fashion-mnist", "shift", 0
+    )
+    # fp32 asked for explicitly is fp32 on either device: the same numbers, the same ids.
+    monkeypatch.setattr("ueb.plan.load_profile", _smoke_with(precision="fp32", channels_last=False))
+    on_gpu = resolve(_config(device="auto"), registry)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    on_cpu = resolve(_config(device="cpu"), registry)
+    assert on_gpu.training["precision"] == on_cpu.training["precision"] == "fp32"
+    assert [c.id for c in on_gpu.cells] == [c.id for c in on_cpu.cells]
+
+
+def _smoke_with(**training):
+    from dataclasses import replace
+
+    from ueb.profile import load_profile
+
+    def load(name):
+        profile = load_profile(name)
+        return replace(profile, training=replace(profile.training, **training))
+
+    return load
+
+
 def test_typos_bad_seeds_and_impossible_budgets_fail_in_the_plan(registry):
     with pytest.raises(ConfigError, match="did you mean 'level'"):
         resolve(_config(params={"shift": {"levl": 3}}), registry)

@@ -173,8 +173,8 @@ def resolve(config: RunConfig, registry: Registry, *, load_data: bool = True) ->
     """The Plan of `config`, or the first problem with it (nothing is computed here but the
     datasets' fingerprints). `load_data=False` checks everything but the data (for files that
     name datasets this machine does not have); such a plan has no cell ids and cannot run."""
-    profile = load_profile(config.profile)
     _check_execution(config)
+    profile = _with_effective_numerics(load_profile(config.profile), config.device)
     selected = {
         "dataset": registry.select("dataset", config.datasets or profile.datasets),
         "poisoner": registry.select("poisoner", config.poisoners),
@@ -370,6 +370,33 @@ class _SpecBuilder:
                 splits.train.image_size,
             )
         return f"{splits.train.fingerprint()}/{splits.test.fingerprint()}"
+
+
+def device_type(device: str) -> str:
+    """The kind of processor `--device` resolves to on this machine ("cpu", "cuda", "mps")."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device.split(":")[0]
+
+
+def _with_effective_numerics(profile: Profile, device: str) -> Profile:
+    """The profile with `precision="auto"` and `channels_last` replaced by what the trainer will
+    really do on `device`: bf16 autocast and channels_last apply on CUDA only. Identities hash
+    the profile's training settings, so a bf16 GPU result and an fp32 CPU result of the same
+    configuration get different cell ids and poison keys instead of sharing a cache entry."""
+    from dataclasses import replace
+
+    kind = device_type(device)
+    training = profile.training
+    precision = training.precision
+    if precision == "auto":
+        precision = "bf16" if kind == "cuda" else "fp32"
+    effective = replace(
+        training, precision=precision, channels_last=training.channels_last and kind == "cuda"
+    )
+    return replace(profile, training=effective)
 
 
 def _check_execution(config: RunConfig) -> None:
