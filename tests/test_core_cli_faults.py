@@ -65,6 +65,8 @@ def test_a_param_typo_exits_2_in_seconds_with_nothing_computed(tmp_path):
         (["-p", "lsp", "--param", "lsp.eps=1e9"], "impossible"),
         (["--matrix", "benchmarks"], "is a folder"),
         (["-p", "lsp", "--metric", "best"], "unknown metric"),
+        (["-p", "lsp", "--workers", "0"], "--workers is 0"),
+        (["-p", "lsp", "--workers", "many"], "an integer or 'auto'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, args, words):

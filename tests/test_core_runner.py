@@ -78,7 +78,14 @@ def registry():
 
 def _run(registry, tmp_path, run_name="run", **kw):
     cfg = RunConfig(
-        **{"poisoners": ("counting",), "countermeasures": ("identity", "invert"), "victims": ("tiny",), "profile": "smoke", "cache_dir": str(tmp_path / "cache"), **kw}
+        **{
+            "poisoners": ("counting",),
+            "countermeasures": ("identity", "invert"),
+            "victims": ("tiny",),
+            "profile": "smoke",
+            "cache_dir": str(tmp_path / "cache"),
+            **kw,
+        }
     )
     run = resolve(cfg, registry)
     return MatrixRunner(run, registry, tmp_path / run_name, silent(), log=lambda m: None)
@@ -90,7 +97,9 @@ def test_poison_is_computed_once_and_reused_across_countermeasures_and_runs(regi
     assert summary.ok == 4 and summary.failed == 0  # clean + counting, x 2 countermeasures
     assert CALLS["count"] == 1
     _run(registry, tmp_path, run_name="other", countermeasures=("invert",)).execute()
-    assert CALLS["count"] == 1  # a new run with another countermeasure list reuses the cached poison
+    assert (
+        CALLS["count"] == 1
+    )  # a new run with another countermeasure list reuses the cached poison
 
 
 def test_records_carry_versions_params_clean_reference_and_history(registry, tmp_path):
@@ -123,7 +132,11 @@ def test_partial_poisoning_is_a_matrix_axis_with_a_fixed_subset(registry, tmp_pa
     runner = _run(registry, tmp_path, countermeasures=("identity",), poison_fractions=(0.5, 1.0))
     runner.execute()
     recs = runner.store.records()
-    assert sorted((r.poisoner, r.poison_fraction) for r in recs) == [("clean", 1.0), ("counting", 0.5), ("counting", 1.0)]
+    assert sorted((r.poisoner, r.poison_fraction) for r in recs) == [
+        ("clean", 1.0),
+        ("counting", 0.5),
+        ("counting", 1.0),
+    ]
     clean = make_imageset(per_class=10, num_classes=2)
     poisoned = clean.with_images((clean.float01() + 4 / 255).clamp(0, 1))
     mixed = mix_poison(clean, poisoned, 0.3, seed=0)
@@ -133,7 +146,9 @@ def test_partial_poisoning_is_a_matrix_axis_with_a_fixed_subset(registry, tmp_pa
 
 
 def test_parameter_grid_becomes_variants_in_the_matrix(registry, tmp_path):
-    runner = _run(registry, tmp_path, countermeasures=("identity",), grid={"counting": {"level": [1, 3]}})
+    runner = _run(
+        registry, tmp_path, countermeasures=("identity",), grid={"counting": {"level": [1, 3]}}
+    )
     summary = runner.execute()
     assert summary.ok == 3
     names = sorted(r.poisoner for r in runner.store.records())
@@ -169,7 +184,12 @@ def test_grid_values_beat_profile_globs_and_variants_keep_the_base_settings(tmp_
     registry = isolated_registry(minimal_plugins(), _Plugins())
     try:
         profile = profile_from_dict(
-            {"name": "smoke", "datasets": ["fashion-mnist"], "plugins": {"layer*": {"level": 7, "other": 1}, "layered": {"scale": 2}}, "data": {"train_per_class": 4, "test_per_class": 2}},
+            {
+                "name": "smoke",
+                "datasets": ["fashion-mnist"],
+                "plugins": {"layer*": {"level": 7, "other": 1}, "layered": {"scale": 2}},
+                "data": {"train_per_class": 4, "test_per_class": 2},
+            },
             where="test profile",
         )
         monkeypatch.setattr("ueb.plan.load_profile", lambda _name: profile)
@@ -178,17 +198,37 @@ def test_grid_values_beat_profile_globs_and_variants_keep_the_base_settings(tmp_
             params={"layered": {"user": 5}, "layered[level=1]": {"other": 9}}, grid={"layered": {"level": [1, 2]}},
         )  # fmt: skip
         plan = resolve(cfg, registry)
-        assert dict(plan.spec("poisoner", "layered[level=1]").params) == {"level": 1, "other": 9, "scale": 2, "user": 5}
-        assert dict(plan.spec("poisoner", "layered[level=2]").params) == {"level": 2, "other": 1, "scale": 2, "user": 5}
-        plain = resolve(RunConfig(poisoners=("layered",), countermeasures=("identity",), victims=("tiny",)), registry)
-        assert dict(plain.spec("poisoner", "layered").params) == {"level": 7, "other": 1, "scale": 2, "user": 3}
+        assert dict(plan.spec("poisoner", "layered[level=1]").params) == {
+            "level": 1,
+            "other": 9,
+            "scale": 2,
+            "user": 5,
+        }
+        assert dict(plan.spec("poisoner", "layered[level=2]").params) == {
+            "level": 2,
+            "other": 1,
+            "scale": 2,
+            "user": 5,
+        }
+        plain = resolve(
+            RunConfig(poisoners=("layered",), countermeasures=("identity",), victims=("tiny",)),
+            registry,
+        )
+        assert dict(plain.spec("poisoner", "layered").params) == {
+            "level": 7,
+            "other": 1,
+            "scale": 2,
+            "user": 3,
+        }
     finally:
         set_host(None)
 
 
 def test_fail_fast_stops_at_the_first_failure(registry, tmp_path):
     with pytest.raises(UebError, match="generator exploded"):
-        _run(registry, tmp_path, poisoners=("raising",), fail_fast=True, include_clean=False).execute()
+        _run(
+            registry, tmp_path, poisoners=("raising",), fail_fast=True, include_clean=False
+        ).execute()
 
 
 def test_out_of_budget_poison_is_rejected_naming_the_poisoner(registry, tmp_path):
@@ -198,7 +238,9 @@ def test_out_of_budget_poison_is_rejected_naming_the_poisoner(registry, tmp_path
     assert rec.status == "error" and "poisoner 'greedy' exceeds its Linf budget" in rec.error
 
 
-def test_full_disk_while_writing_the_cache_is_one_clear_error_and_keeps_finished_cells(registry, tmp_path, monkeypatch):
+def test_full_disk_while_writing_the_cache_is_one_clear_error_and_keeps_finished_cells(
+    registry, tmp_path, monkeypatch
+):
     import ueb.atomic
 
     runner = _run(registry, tmp_path)
@@ -208,7 +250,9 @@ def test_full_disk_while_writing_the_cache_is_one_clear_error_and_keeps_finished
     def write_all(fd, data):
         if os.readlink(f"/proc/self/fd/{fd}").count("/poisons/"):
             poisons["n"] += 1
-            if poisons["n"] > 2:  # the clean poison (images + facts) is written, the next one hits a full disk
+            if (
+                poisons["n"] > 2
+            ):  # the clean poison (images + facts) is written, the next one hits a full disk
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd, data)
 
@@ -218,7 +262,12 @@ def test_full_disk_while_writing_the_cache_is_one_clear_error_and_keeps_finished
     assert "free on the disk" in str(err.value) and "to resume" in str(err.value)
     done = [r for r in Store(tmp_path / "run").records() if r.status == "ok"]
     assert len(done) == 2  # both clean cells were stored before the failure
-    assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith(".tmp") or (p.is_file() and p.stat().st_size == 0 and p.suffix != ".lock")]
+    assert not [
+        p
+        for p in (tmp_path / "cache").rglob("*")
+        if p.name.endswith(".tmp")
+        or (p.is_file() and p.stat().st_size == 0 and p.suffix != ".lock")
+    ]
 
 
 # -- integrity checks ------------------------------------------------------------------------
@@ -235,6 +284,25 @@ def test_integrity_rejects_nan_range_shape_and_fake_sample_wise():
         check_poison(clean, x[:-1], Budget("unbounded"), False, "p")
     with pytest.raises(IntegrityError, match="sample-wise"):
         check_poison(clean, x - 2 / 255, Budget("linf", 8 / 255), True, "p")  # same shift for all
+
+
+def test_a_clipped_class_wise_pattern_is_not_taken_for_a_sample_wise_poison():
+    """Clipping cuts one class-wise pattern differently on every image; it is still one pattern."""
+    clean = make_imageset(per_class=6, num_classes=2, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    x = clean.float01().clone()
+    # dark and saturated pixels, different in every image (Fashion-MNIST's backgrounds)
+    where = torch.rand(x.shape, generator=gen)
+    x[where < 0.3] = 0.0
+    x[where > 0.8] = 1.0
+    clean = clean.with_images(x)
+    signs = torch.randint(0, 2, (2, *x.shape[1:]), generator=gen).float() * 2 - 1
+    class_wise = (x + signs[clean.labels] * 8 / 255).clamp(0, 1)
+    with pytest.raises(IntegrityError, match="sample-wise"):
+        check_poison(clean, class_wise, Budget("linf", 8 / 255), True, "p")
+    per_image = torch.randint(0, 2, x.shape, generator=gen).float() * 2 - 1
+    sample_wise = (x + per_image * 8 / 255).clamp(0, 1)
+    check_poison(clean, sample_wise, Budget("linf", 8 / 255), True, "p")  # passes
 
 
 def test_integrity_budgets_hold_after_rounding():
@@ -285,7 +353,10 @@ def test_matrix_file_type_errors_are_clear(tmp_path):
 
 
 def test_flags_override_the_matrix_file(registry):
-    cfg = build_config({"profile": "quick", "countermeasures": ["identity"]}, {"profile": "smoke", "countermeasures": None})
+    cfg = build_config(
+        {"profile": "quick", "countermeasures": ["identity"]},
+        {"profile": "smoke", "countermeasures": None},
+    )
     assert cfg.profile == "smoke" and cfg.countermeasures == ("identity",)
 
 
@@ -298,7 +369,19 @@ def test_cli_errors_are_one_line_with_a_fix(tmp_path):
     bad.write_text('poisoners = ["random-noise"]\nseeds = "x"\n')
     res = run_cli("run", "--matrix", str(bad), env=env)
     assert res.returncode == 2 and "seeds" in res.stderr
-    res = run_cli("run", "-p", "random-noise", "-d", "cifar10", "--data-root", str(tmp_path / "nope"), "--profile", "smoke", "--fail-fast", env=env)
+    res = run_cli(
+        "run",
+        "-p",
+        "random-noise",
+        "-d",
+        "cifar10",
+        "--data-root",
+        str(tmp_path / "nope"),
+        "--profile",
+        "smoke",
+        "--fail-fast",
+        env=env,
+    )
     assert res.returncode == 2 and "does not exist" in res.stderr and "data-root" in res.stderr
 
 
@@ -318,11 +401,38 @@ def _ok_rows(db):
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_rows(tmp_path):
     env = {**os.environ, "UEB_CACHE": str(tmp_path / "cache")}
-    args = ["--plugins-dir", str(FIXTURES), "run", "-p", "random-noise", "-c", "identity,invert", "-v", "tiny", "--profile", "smoke", "-s", "0", "-s", "1", "-q"]
+    args = [
+        "--plugins-dir",
+        str(FIXTURES),
+        "run",
+        "-p",
+        "random-noise",
+        "-c",
+        "identity,invert",
+        "-v",
+        "tiny",
+        "--profile",
+        "smoke",
+        "-s",
+        "0",
+        "-s",
+        "1",
+        "-q",
+    ]
     killed_dir = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "ueb.cli", *args, "--run-dir", str(killed_dir)], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ueb.cli", *args, "--run-dir", str(killed_dir)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
-    while _ok_rows(killed_dir / "results.sqlite") < 2 and time.time() < deadline and proc.poll() is None:
+    while (
+        _ok_rows(killed_dir / "results.sqlite") < 2
+        and time.time() < deadline
+        and proc.poll() is None
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -331,7 +441,12 @@ def test_killed_run_resumes_to_the_same_rows(tmp_path):
     resumed = run_cli(*args, "--run-dir", str(killed_dir), env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{partial} reused" in resumed.stdout.replace("\n", " ")
-    straight = run_cli(*args, "--run-dir", str(tmp_path / "straight"), env={**env, "UEB_CACHE": str(tmp_path / "cache2")})
+    straight = run_cli(
+        *args,
+        "--run-dir",
+        str(tmp_path / "straight"),
+        env={**env, "UEB_CACHE": str(tmp_path / "cache2")},
+    )
     assert straight.returncode == 0, straight.stderr
 
     def rows(d):

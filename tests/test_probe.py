@@ -101,6 +101,36 @@ def test_a_victim_that_reads_only_the_pattern_latches_and_the_threshold_decides(
     assert strict["latched"] is False and strict["target_rate"] == out["target_rate"]
 
 
+def test_probe_inputs_go_through_the_test_transform_and_train_acc_uses_the_set_trained_on():
+    """A data-stage countermeasure changes what the victim saw and sees: the probe's images take
+    the test inputs' path, and training accuracy is taken on the set it really trained on."""
+    train = make_imageset(per_class=6, num_classes=4, seed=0)
+    test = make_imageset(per_class=10, num_classes=4, seed=1)
+    gen = torch.Generator().manual_seed(0)
+    patterns = (torch.randint(0, 2, (4, 3, 32, 32), generator=gen).float() * 2 - 1) * 0.2
+    poisoned = _poison_with(train, patterns)
+    model = nn.Sequential(_Shift(-0.5), _ReadsPattern(patterns))
+    seen = []
+
+    def flatten_every_pixel(images):  # a test transform that removes any perturbation
+        seen.append(len(images))
+        return images.with_images(torch.full_like(images.float01(), 0.5))
+
+    out = shortcut_probe(
+        model,
+        train,
+        poisoned,
+        test,
+        device="cpu",
+        seed=0,
+        trained_on=train,
+        test_inputs=flatten_every_pixel,
+    )
+    assert seen == [len(test)]
+    assert out["latched"] is False and out["target_rate"] < 0.5
+    assert out["train_acc"] < 90  # the pattern reader on the clean images it "trained" on
+
+
 class _Shift(nn.Module):
     def __init__(self, by: float) -> None:
         super().__init__()

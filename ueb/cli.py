@@ -133,9 +133,12 @@ def run(
         str | None, typer.Option("--executor", help="local (default) | ray")
     ] = None,
     workers: Annotated[
-        int | None,
+        str | None,
         typer.Option(
-            "--workers", "-w", help="Cells run in parallel (local process pool, or Ray tasks)."
+            "--workers",
+            "-w",
+            help="Cells run in parallel (local process pool, or Ray tasks): a number, or auto "
+            "(default: one one-thread process per core on a CPU, 1 on a GPU).",
         ),
     ] = None,
     address: Annotated[
@@ -196,7 +199,7 @@ def run(
         "poison_fractions": tuple(poison_fraction) or None,
         "save_models": save_models,
         "executor": executor,
-        "workers": workers,
+        "workers": workers if workers is not None or "workers" in file_values else "auto",
         "ray_address": address,
         "gpus_per_cell": gpus_per_cell,
         "grid": parse_grid_flags(grid) or None,

@@ -130,7 +130,10 @@ class RayPool:
 
 
 def make_executor(config: RunConfig) -> ProcessPool | RayPool | None:
-    """None means: run the cells here, one after the other (with nested progress bars)."""
+    """None means: run the cells here, one after the other (with nested progress bars).
+    `config` is a resolved plan's: its workers are a number."""
+    if config.workers == "auto":
+        raise ValueError("workers='auto' is resolved by ueb.plan.resolve before execution")
     if config.executor == "ray":
         return RayPool(
             config.ray_address, config.cpus_per_cell, config.gpus_per_cell, config.workers

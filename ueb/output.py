@@ -116,12 +116,20 @@ class Output:
         if preview is not None:
             lines.append(
                 f"cells          {preview['cells']}: {preview['done']} done here, {preview['reusable']} reusable from other runs, "
-                f"{preview['todo']} to compute; poisons {preview['poisons_cached']} cached, {preview['poisons_todo']} to compute"
+                f"{preview['todo']} to compute; poisons {preview['poisons_cached']} cached, {preview['poisons_todo']} to compute; "
+                + _execution(plan)
             )
         if brief:
             lines = [lines[0], lines[-1]]
         for line in lines:
             self.console.print(line, markup=False, soft_wrap=False, overflow="fold")
+
+
+def _execution(plan: Plan) -> str:
+    config = plan.config
+    if config.executor == "ray":
+        return f"Ray, {config.workers} tasks at once"
+    return "in this process" if config.workers == 1 else f"{config.workers} worker processes"
 
 
 def _names(names: Any, limit: int = 8) -> str:

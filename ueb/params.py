@@ -67,6 +67,9 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
                 return coerce(value, arg, where)
             except ConfigError as exc:
                 errors.append(exc)
+        if len(errors) > 1:  # say every form the value may take, not just the first
+            forms = " or ".join(_expected(a) for a in args if a is not type(None))
+            raise ConfigError(f"{where} should be {forms}, got {value!r}")
         raise errors[0] if errors else ConfigError(f"{where} cannot be None")
     if origin is Literal:
         allowed = get_args(tp)
@@ -147,6 +150,13 @@ def _parse_number(text: str) -> float:
         num, den = text.split("/", 1)
         return float(num) / float(den)
     return float(text)
+
+
+def _expected(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " or ".join(repr(a) for a in get_args(tp))
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+    return names.get(tp, "a list" if get_origin(tp) in (tuple, list) else str(tp))
 
 
 def _bad(value: Any, expected: str, where: str) -> Any:

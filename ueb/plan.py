@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ueb import identity
@@ -219,12 +219,55 @@ def resolve(config: RunConfig, registry: Registry, *, load_data: bool = True) ->
         cells=(),
         user_params={k: dict(v) for k, v in config.params.items()},
     )
-    return _with_cells(plan) if load_data else plan
+    plan = _with_cells(plan) if load_data else plan
+    workers = resolve_workers(config, len(plan.cells) if load_data else None)
+    return replace(plan, config=replace(config, workers=workers))
+
+
+# A spawned worker imports torch and the plugins (seconds) before its first cell: below this
+# many cells per worker a pool costs more than it saves.
+CELLS_PER_WORKER = 4
+# Peak resident memory of one worker process on the quick profile's main job (measured; see
+# benchmarks/RESULTS.md), rounded up: "auto" starts no more workers than memory holds.
+WORKER_PEAK_GIB = 2.0
+
+
+def resolve_workers(config: RunConfig, n_cells: int | None) -> int:
+    """`config.workers` as a number; "auto" as described on RunConfig.workers."""
+    if config.workers != "auto":
+        return config.workers
+    cores = _usable_cores()
+    if config.executor == "ray":
+        return cores
+    if device_type(config.device) != "cpu":
+        return 1
+    by_memory = int(_available_gib() // WORKER_PEAK_GIB) if _available_gib() else cores
+    by_cells = cores if n_cells is None else n_cells // CELLS_PER_WORKER
+    return max(1, min(cores, by_memory, by_cells))
+
+
+def _usable_cores() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _available_gib() -> float:
+    """MemAvailable in GiB, 0.0 where the system does not say."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
 
 
 def _with_cells(plan: Plan) -> Plan:
-    from dataclasses import replace
-
     cells: list[Cell] = []
     training, data = plan.training, as_dict(plan.profile.data)
     for d in plan.datasets:
@@ -386,8 +429,6 @@ def _with_effective_numerics(profile: Profile, device: str) -> Profile:
     really do on `device`: bf16 autocast and channels_last apply on CUDA only. Identities hash
     the profile's training settings, so a bf16 GPU result and an fp32 CPU result of the same
     configuration get different cell ids and poison keys instead of sharing a cache entry."""
-    from dataclasses import replace
-
     kind = device_type(device)
     training = profile.training
     precision = training.precision
@@ -400,8 +441,8 @@ def _with_effective_numerics(profile: Profile, device: str) -> Profile:
 
 
 def _check_execution(config: RunConfig) -> None:
-    if config.workers < 1:
-        raise ConfigError(f"--workers is {config.workers}", "use 1 or more")
+    if config.workers != "auto" and config.workers < 1:
+        raise ConfigError(f"--workers is {config.workers}", "use 1 or more, or auto")
     bad = [f for f in config.poison_fractions if not 0.0 < f <= 1.0]
     if bad:
         raise ConfigError(f"poison fraction {bad[0]} is outside (0, 1]", "use e.g. 0.2 for 20%")

@@ -14,6 +14,7 @@ shortcut does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,13 +36,18 @@ def shortcut_probe(
     seed: int,
     threshold: float = DEFAULT_THRESHOLD,
     batch_size: int = 1000,
+    trained_on: ImageSet | None = None,
+    test_inputs: Callable[[ImageSet], ImageSet] | None = None,
 ) -> dict[str, Any]:
     """{"target_rate", "train_acc", "latched", "threshold", "pairs"} for a trained victim.
 
     `target_rate`: share of (test image of class y, perturbation of a class-k training image,
-    k != y) pairs the victim predicts as k, the perturbed image clipped to [0, 1]. The target
-    class and its training image are drawn per test image from a generator seeded by `seed`.
-    `train_acc`: the victim's accuracy (%) on `poisoned_train`, the set it trained on.
+    k != y) pairs the victim predicts as k, the perturbed image clipped to [0, 1] and then
+    passed through `test_inputs` (what every test input goes through on its way to this victim,
+    e.g. a countermeasure's test-set transform; default: nothing). The target class and its
+    training image are drawn per test image from a generator seeded by `seed`.
+    `train_acc`: the victim's accuracy (%) on `trained_on`, the set it really trained on
+    (default `poisoned_train`; a data-stage countermeasure's output where there is one).
     """
     if len(clean_train) != len(poisoned_train) or not torch.equal(
         clean_train.labels, poisoned_train.labels
@@ -53,15 +59,18 @@ def shortcut_probe(
     was_training = model.training
     model.eval()
     try:
-        train_acc = _accuracy(model, poisoned_train, device, batch_size)
+        train_acc = _accuracy(
+            model, poisoned_train if trained_on is None else trained_on, device, batch_size
+        )
         test_index, target, source = _pairs(
             clean_train.labels, test.labels, max(clean_train.num_classes, test.num_classes), seed
         )
+        probes = _perturbed(test.subset(test_index), clean_train, poisoned_train, source)
+        if test_inputs is not None:
+            probes = test_inputs(probes)
         hits = 0
         for i in range(0, len(target), batch_size):
-            j = source[i : i + batch_size]
-            delta = poisoned_train.subset(j).float01() - clean_train.subset(j).float01()
-            x = (test.subset(test_index[i : i + batch_size]).float01() + delta).clamp(0, 1)
+            x = probes.subset(torch.arange(i, min(i + batch_size, len(target)))).float01()
             pred = model(x.to(device)).argmax(1).cpu()
             hits += int((pred == target[i : i + batch_size]).sum())
         n = len(target)
@@ -75,6 +84,25 @@ def shortcut_probe(
         "threshold": threshold,
         "pairs": n,
     }
+
+
+def _perturbed(
+    test: ImageSet, clean_train: ImageSet, poisoned_train: ImageSet, source: torch.Tensor
+) -> ImageSet:
+    """Test image i plus the perturbation training image source[i] carried, clipped to [0, 1].
+    Both sets on the 8-bit grid give a result on it, kept as uint8 (exact, 4x smaller)."""
+    exact = (
+        test.images.dtype == poisoned_train.images.dtype == clean_train.images.dtype == torch.uint8
+    )
+    parts = []
+    for i in range(0, len(test), 1000):  # chunks: float copies of a whole large set add up
+        j = source[i : i + 1000]
+        delta = poisoned_train.subset(j).float01() - clean_train.subset(j).float01()
+        base = test.subset(torch.arange(i, min(i + 1000, len(test)))).float01()
+        x = (base + delta).clamp(0, 1)
+        parts.append(x.mul(255).round().to(torch.uint8) if exact else x)
+    empty = test.images[:0] if exact else test.float01()[:0]
+    return test.with_images(torch.cat(parts) if parts else empty, probe=True)
 
 
 def _pairs(

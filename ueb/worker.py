@@ -278,7 +278,9 @@ class CellWorker:
         )
         trainer = Trainer(self.plan.profile.training, self.device, cell.seed, self.progress)
         result = cm.fit(model, train, test, trainer, ctx)
-        probe = self.probe(poisoned, splits, model, cell)
+        probe = self.probe(
+            poisoned, splits, model, cell, train, lambda s: cm.transform_test_set(s, ctx)
+        )
         self.save_model(cell, model, victim)
         env = self.job.environment
         return replace(
@@ -310,10 +312,18 @@ class CellWorker:
         )
 
     def probe(
-        self, poisoned: Poisoned, splits: Splits, model: torch.nn.Module, cell: Cell
+        self,
+        poisoned: Poisoned,
+        splits: Splits,
+        model: torch.nn.Module,
+        cell: Cell,
+        trained_on: ImageSet,
+        test_inputs: Callable[[ImageSet], ImageSet],
     ) -> dict[str, Any]:
         """The shortcut probe for a class-wise poisoner's cell ({} for clean and sample-wise ones):
-        does the trained victim follow class k's perturbation on clean test images?"""
+        does the trained victim follow class k's perturbation on clean test images? Probe images
+        reach the victim as its test images do (`test_inputs`), and its training accuracy is
+        taken on the set it trained on (`trained_on`, after any data-stage countermeasure)."""
         if poisoned.poisoner.sample_wise or cell.poisoner == "clean" or cell.fraction < 1.0:
             return {}
         if not bool((poisoned.images.uint8() != splits.train.uint8()).any()):
@@ -321,7 +331,14 @@ class CellWorker:
         from ueb.probe import shortcut_probe
 
         return shortcut_probe(
-            model, splits.train, poisoned.images, splits.test, device=self.device, seed=cell.seed
+            model,
+            splits.train,
+            poisoned.images,
+            splits.test,
+            device=self.device,
+            seed=cell.seed,
+            trained_on=trained_on,
+            test_inputs=test_inputs,
         )
 
     def run_cell_safe(self, cell: Cell) -> tuple[CellRecord, BaseException | None]:
