@@ -201,6 +201,7 @@ def test_accept_round_trips_with_provenance(tmp_path):
         "cpu", "cpu (x86_64, 2 threads)", "2.14.1", "abc123", "smoke", "smoke-0123456789"
     )  # fmt: skip
     assert p["plugins"] == {"ueb_baselines": "ueb 0.1.0"} and p["accepted"][:2] == "20"
+    assert p["run_dir"] == "run"  # the folder's name; a shared file holds no machine's path
     assert loaded.cells[0].versions == {"poisoner": "1", "countermeasure": "1", "victim": "1"}
     bl.save(loaded, tmp_path / "again.json")
     assert (tmp_path / "again.json").read_text() == path.read_text()  # stable on a round trip

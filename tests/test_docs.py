@@ -55,3 +55,22 @@ def test_shipped_matrix_files_resolve_and_their_parameters_are_accepted():
         plan = resolve(build_config(load_matrix_file(path), {}), registry, load_data=False)
         assert plan.poisoners and plan.countermeasures and plan.victims, path.name
         assert all(s.params is not None for s in plan.specs.values())
+
+
+def test_shipped_files_hold_no_path_of_one_machine():
+    """Docs, baselines and results travel: an absolute path of the machine that wrote them
+    (a temporary run folder, a home directory) means nothing anywhere else."""
+    import subprocess
+
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    machine_path = re.compile(r"(?<![\w.~])/(?:tmp|home|root|work|Users)/[\w.-]+")
+    found = {}
+    for name in tracked:
+        if name.startswith("tests/") or not name.endswith((".md", ".json", ".toml", ".csv", ".py", ".sh")):
+            continue
+        hits = machine_path.findall((REPO / name).read_text(errors="replace"))
+        if hits:
+            found[name] = hits[:3]
+    assert not found, f"machine paths in shipped files: {found}"

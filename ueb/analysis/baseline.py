@@ -215,7 +215,8 @@ def provenance(
     return {
         "kind": "run",
         "run_id": manifest.get("run_id"),
-        "run_dir": str(run_dir),
+        # the folder's name only: a baseline is shared, the path of one machine means nothing
+        "run_dir": Path(run_dir).name,
         "profile": config.get("profile") or next((r.profile for r in records if r.profile), None),
         "device": env.get("device"),
         "device_name": env.get("device_name"),
