@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -221,6 +222,34 @@ def test_heatmap_marks_missing_and_failed_cells(tmp_path):
     figs = heatmaps(RunData.open(tmp_path))
     assert [f.name for f in figs] == ["heatmap_d_v", "heatmap_d2_v"]
     assert all(_decode(f.png).width > 50 for f in figs)
+
+
+def test_seed_figure_draws_every_seed_and_marks_latched_ones(tmp_path):
+    from ueb.analysis.figures import seed_figures
+    from ueb.analysis.rundata import RunData
+    from ueb.report import build_table, to_json
+
+    store = Store(tmp_path)
+    n = 0
+    for seed, (clean, dh, latched) in enumerate([(86.0, 30.0, True), (85.0, 80.0, False), (87.0, 35.0, True)]):
+        store.put(CellRecord(f"c{seed}", n, "d", "clean", "vanilla", "v", seed, status="ok", final_acc=clean))
+        store.put(CellRecord(f"p{seed}", n + 1, "d", "dh", "vanilla", "v", seed, status="ok", final_acc=dh,
+                             probe={"latched": latched, "target_rate": 0.9 if latched else 0.1}))  # fmt: skip
+        n += 2
+    store.close()
+    run = RunData.open(tmp_path)
+    dh = next(r for r in build_table(run.records, "final").rows if r.poisoner == "dh")
+    assert dh.cells["vanilla"].per_seed == ((0, 30.0, True), (1, 80.0, False), (2, 35.0, True))
+    exported = json.loads(to_json(build_table(run.records, "final")))
+    seeds = next(r for r in exported["rows"] if r["poisoner"] == "dh")["cells"]["vanilla"]["per_seed"]
+    assert [s["latched"] for s in seeds] == [True, False, True]
+    figs = seed_figures(run)
+    assert [f.name for f in figs] == ["seeds_d_v"] and _decode(figs[0].png).width > 100
+    one_seed = tmp_path / "one"
+    store = Store(one_seed)
+    store.put(CellRecord("x", 0, "d", "clean", "vanilla", "v", 0, status="ok", final_acc=80.0))
+    store.close()
+    assert seed_figures(RunData.open(one_seed)) == []  # one seed: the heatmap says it all
 
 
 def test_plot_of_a_directory_without_results_is_one_clear_error(tmp_path):

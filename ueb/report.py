@@ -80,6 +80,8 @@ class Value:
     probed: int = 0  # seeds with a shortcut probe
     near_clean: bool = False  # within noise of the clean row (see NEAR)
     digests: tuple[str, ...] = ()
+    # every seed's number: (seed, value, latched: None where the cell has no shortcut probe)
+    per_seed: tuple[tuple[int, float, bool | None], ...] = ()
 
     @property
     def ci95(self) -> float | None:
@@ -335,6 +337,16 @@ def _cell(recs: Sequence[CellRecord], key: str) -> Value:
         latched=sum(bool(p.get("latched")) for p in probes),
         probed=len(probes),
         digests=tuple(sorted({_digest(r) for r in recs})),
+        per_seed=tuple(
+            sorted(
+                (
+                    r.seed,
+                    float(getattr(r, key)),
+                    bool(_probe(r).get("latched")) if _probe(r) else None,
+                )
+                for r in ok
+            )
+        ),
     )
 
 
@@ -619,6 +631,7 @@ def value_json(v: Value) -> dict[str, Any]:
         "errors": v.errors,
         "incomplete": v.incomplete,
         "config_digests": list(v.digests),
+        "per_seed": [{"seed": a, "value": b, "latched": c} for a, b, c in v.per_seed],
     }
 
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ueb.analysis.baseline import Baseline, Comparison, Moved
     from ueb.store import CellRecord
 
-FIGURE_KINDS = ("heatmap", "perturbations", "tsne", "gradcam")
+from ueb.analysis.figures import KINDS as FIGURE_KINDS  # noqa: E402
 
 
 def _run_path(run: str) -> Path:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from ueb.imageset import ImageSet
 
-KINDS = ("heatmap", "perturbations", "tsne", "gradcam")
+KINDS = ("heatmap", "seeds", "perturbations", "tsne", "gradcam")
 TSNE_MAX_CLASSES = 10  # more colours than this are unreadable; the paper's Fig. 4 shows CIFAR-10
 
 
@@ -64,6 +64,8 @@ def make_figures(
     out = FigureSet()
     if "heatmap" in kinds:
         out.figures += heatmaps(run, metric)
+    if "seeds" in kinds:
+        out.figures += seed_figures(run, metric)
     if not {"perturbations", "tsne", "gradcam"} & set(kinds):
         return out
     for dataset in run.ordered("dataset"):
@@ -210,6 +212,33 @@ def heatmaps(run: RunData, metric: str = "final") -> list[FigureOut]:
         title = f"{dataset} / {victim}: test accuracy (%), {metric} epoch"
         png = plots.heatmap(values, [r.poisoner for r in rows], table.columns, texts, title)
         figures.append(FigureOut("heatmap", _slug("heatmap", dataset, victim), title, png, dataset))
+    return figures
+
+
+def seed_figures(run: RunData, metric: str = "final") -> list[FigureOut]:
+    """Per dataset and victim, every seed's accuracy per cell (drawn when a row has two seeds
+    or more: with one seed the heatmap says it all)."""
+    from ueb.analysis import plots
+    from ueb.report import build_table
+
+    table = build_table(run.records, metric, run.config)  # type: ignore[arg-type]
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for row in table.rows:
+        groups.setdefault((row.dataset, row.victim), []).append(row)
+    figures = []
+    for (dataset, victim), rows in groups.items():
+        if not any(row.cells[c].n > 1 for row in rows for c in table.columns):
+            continue
+        series = [
+            (
+                row.poisoner,
+                [[(v, latched) for _, v, latched in row.cells[c].per_seed] for c in table.columns],
+            )
+            for row in rows
+        ]
+        title = f"{dataset} / {victim}: test accuracy (%) per seed, {metric} epoch"
+        png = plots.seed_dots(series, table.columns, title)
+        figures.append(FigureOut("seeds", _slug("seeds", dataset, victim), title, png, dataset))
     return figures
 
 

@@ -157,6 +157,11 @@ def manifest_html(manifest: dict[str, Any]) -> str:
 SECTIONS = (
     ("heatmap", "Heatmaps", "Test accuracy of each cell (poisoner x countermeasure) as colour."),
     (
+        "seeds",
+        "Seeds",
+        "Every seed's accuracy as a dot, a bar at the mean; a triangle marks a seed whose victim latched onto the class-wise shortcut.",
+    ),
+    (
         "perturbations",
         "Unlearnable examples",
         "Clean images, unlearnable examples and |perturbation| normalised to [0, 1] per image (the paper's Fig. 5).",

@@ -75,6 +75,60 @@ def heatmap(
     return _png(fig)
 
 
+def seed_dots(
+    series: Sequence[tuple[str, Sequence[Sequence[tuple[float, bool | None]]]]],
+    columns: Sequence[str],
+    title: str,
+) -> bytes:
+    """Every seed's accuracy as a dot: x = countermeasure, one colour per poisoner row, a short
+    bar at each mean. Latched seeds (the shortcut probe fired) are drawn as downward triangles,
+    so a bimodal cell (some seeds latched, some not) reads at a glance.
+
+    `series`: (row label, per column the (value, latched) of each seed)."""
+    n_cols, n_rows = len(columns), max(1, len(series))
+    fig = Figure(figsize=(2.0 + 0.62 * n_cols, 4.2))
+    ax = fig.add_subplot()
+    colours = _cmap("tab10")
+    width = 0.8 / n_rows
+    any_latched = False
+    for k, (label, per_column) in enumerate(series):
+        colour = colours(k % 10)
+        centre = -0.4 + width * (k + 0.5)
+        for j, points in enumerate(per_column):
+            if not points:
+                continue
+            x = j + centre
+            values = [v for v, _ in points]
+            for i, (v, latched) in enumerate(points):
+                jitter = (i - (len(points) - 1) / 2) * width * 0.18
+                if latched:
+                    any_latched = True
+                ax.plot(
+                    x + jitter,
+                    v,
+                    marker="v" if latched else "o",
+                    markersize=5,
+                    color=colour,
+                    markeredgecolor="black" if latched else colour,
+                    linestyle="none",
+                )
+            ax.hlines(float(np.mean(values)), x - width * 0.4, x + width * 0.4, color=colour)
+        ax.plot([], [], marker="o", color=colour, linestyle="none", label=label)
+    if any_latched:
+        ax.plot([], [], marker="v", color="white", markeredgecolor="black", linestyle="none",
+                label="seed latched")  # fmt: skip
+    ax.set_xticks(
+        range(n_cols), labels=list(columns), rotation=45, ha="right", rotation_mode="anchor"
+    )
+    ax.set_xlim(-0.6, n_cols - 0.4)
+    ax.set_ylim(0.0, 100.0)
+    ax.set_ylabel("test accuracy (%), one dot per seed")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower left", ncol=min(4, n_rows + 1))
+    return _png(fig)
+
+
 def _cmap(name: str) -> Any:
     import matplotlib
 
