@@ -86,14 +86,19 @@ def test_a_constant_victim_hits_only_the_pairs_aimed_at_its_class():
     assert model.training, "the probe must leave the model in the mode it found it in"
 
 
-def test_a_victim_that_reads_only_the_pattern_latches_and_the_threshold_decides():
+def _pattern_reader_case():
+    """Four classes with one ±0.2 pattern each, and a victim that reads only the pattern."""
     train = make_imageset(per_class=6, num_classes=4, seed=0)
     test = make_imageset(per_class=10, num_classes=4, seed=1)
     gen = torch.Generator().manual_seed(0)
     patterns = (torch.randint(0, 2, (4, 3, 32, 32), generator=gen).float() * 2 - 1) * 0.2
-    poisoned = _poison_with(train, patterns)
     # centre the images so that the readout sees the perturbation, not the brightness
     model = nn.Sequential(_Shift(-0.5), _ReadsPattern(patterns))
+    return train, test, _poison_with(train, patterns), model
+
+
+def test_a_victim_that_reads_only_the_pattern_latches_and_the_threshold_decides():
+    train, test, poisoned, model = _pattern_reader_case()
     out = shortcut_probe(model, train, poisoned, test, device="cpu", seed=0, batch_size=7)
     assert out["target_rate"] > 0.9 and out["latched"] is True
     assert out["train_acc"] > 90
@@ -104,12 +109,7 @@ def test_a_victim_that_reads_only_the_pattern_latches_and_the_threshold_decides(
 def test_probe_inputs_go_through_the_test_transform_and_train_acc_uses_the_set_trained_on():
     """A data-stage countermeasure changes what the victim saw and sees: the probe's images take
     the test inputs' path, and training accuracy is taken on the set it really trained on."""
-    train = make_imageset(per_class=6, num_classes=4, seed=0)
-    test = make_imageset(per_class=10, num_classes=4, seed=1)
-    gen = torch.Generator().manual_seed(0)
-    patterns = (torch.randint(0, 2, (4, 3, 32, 32), generator=gen).float() * 2 - 1) * 0.2
-    poisoned = _poison_with(train, patterns)
-    model = nn.Sequential(_Shift(-0.5), _ReadsPattern(patterns))
+    train, test, poisoned, model = _pattern_reader_case()
     seen = []
 
     def flatten_every_pixel(images):  # a test transform that removes any perturbation

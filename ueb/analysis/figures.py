@@ -185,23 +185,30 @@ def sample_indices(images: ImageSet, k: int) -> list[int]:
 # --------------------------------------------------------------------------- figures
 
 
-def heatmaps(run: RunData, metric: str = "final") -> list[FigureOut]:
-    import numpy as np
-
-    from ueb.analysis import plots
+def _table_groups(run: RunData, metric: str) -> tuple[list[str], dict[tuple[str, str], list[Any]]]:
+    """The run's table: its columns, and its rows per (dataset, victim)."""
     from ueb.report import build_table
 
     table = build_table(run.records, metric, run.config)  # type: ignore[arg-type]
     groups: dict[tuple[str, str], list[Any]] = {}
     for row in table.rows:
         groups.setdefault((row.dataset, row.victim), []).append(row)
+    return list(table.columns), groups
+
+
+def heatmaps(run: RunData, metric: str = "final") -> list[FigureOut]:
+    import numpy as np
+
+    from ueb.analysis import plots
+
+    columns, groups = _table_groups(run, metric)
     figures = []
     for (dataset, victim), rows in groups.items():
-        values = np.full((len(rows), len(table.columns)), np.nan)
+        values = np.full((len(rows), len(columns)), np.nan)
         texts = []
         for i, row in enumerate(rows):
             line = []
-            for j, c in enumerate(table.columns):
+            for j, c in enumerate(columns):
                 v = row.cells[c]
                 if v.mean is not None:
                     values[i, j] = v.mean
@@ -210,7 +217,7 @@ def heatmaps(run: RunData, metric: str = "final") -> list[FigureOut]:
                     line.append("err" if v.failed else "-")
             texts.append(line)
         title = f"{dataset} / {victim}: test accuracy (%), {metric} epoch"
-        png = plots.heatmap(values, [r.poisoner for r in rows], table.columns, texts, title)
+        png = plots.heatmap(values, [r.poisoner for r in rows], columns, texts, title)
         figures.append(FigureOut("heatmap", _slug("heatmap", dataset, victim), title, png, dataset))
     return figures
 
@@ -219,25 +226,21 @@ def seed_figures(run: RunData, metric: str = "final") -> list[FigureOut]:
     """Per dataset and victim, every seed's accuracy per cell (drawn when a row has two seeds
     or more: with one seed the heatmap says it all)."""
     from ueb.analysis import plots
-    from ueb.report import build_table
 
-    table = build_table(run.records, metric, run.config)  # type: ignore[arg-type]
-    groups: dict[tuple[str, str], list[Any]] = {}
-    for row in table.rows:
-        groups.setdefault((row.dataset, row.victim), []).append(row)
+    columns, groups = _table_groups(run, metric)
     figures = []
     for (dataset, victim), rows in groups.items():
-        if not any(row.cells[c].n > 1 for row in rows for c in table.columns):
+        if not any(row.cells[c].n > 1 for row in rows for c in columns):
             continue
         series = [
             (
                 row.poisoner,
-                [[(v, latched) for _, v, latched in row.cells[c].per_seed] for c in table.columns],
+                [[(v, latched) for _, v, latched in row.cells[c].per_seed] for c in columns],
             )
             for row in rows
         ]
         title = f"{dataset} / {victim}: test accuracy (%) per seed, {metric} epoch"
-        png = plots.seed_dots(series, table.columns, title)
+        png = plots.seed_dots(series, columns, title)
         figures.append(FigureOut("seeds", _slug("seeds", dataset, victim), title, png, dataset))
     return figures
 
