@@ -60,7 +60,7 @@ OnlyOpt = Annotated[
     list[str],
     typer.Option(
         "--only",
-        help="Figures to draw: heatmap, perturbations, tsne, gradcam (repeatable, comma lists).",
+        help="Figures to draw: heatmap, seeds, perturbations, tsne, gradcam (repeatable, comma lists).",
     ),
 ]
 SamplesOpt = Annotated[
@@ -91,7 +91,7 @@ def plot(
     device: DeviceOpt = "cpu",
     metric: MetricOpt = "final",
 ) -> None:
-    """Draw a run as PNG files: heatmaps, image grids (Fig. 5), t-SNE (Fig. 4), Grad-CAM (Fig. 3)."""
+    """Draw a run as PNG files: heatmaps, seeds, image grids (Fig. 5), t-SNE (Fig. 4), Grad-CAM (Fig. 3)."""
     from ueb.analysis.figures import make_figures
     from ueb.analysis.rundata import RunData
 
