@@ -169,7 +169,8 @@ def test_gaussian_noise_has_std_point_one_and_is_seeded(run_context):
     noise = out - 128 / 255
     assert abs(float(noise.std()) - 0.1) < 0.003 and abs(float(noise.mean())) < 0.003
     assert torch.equal(out, cm.transform_train_set(as_set(x), run_context).images)
-    per_step = create("gaussian-noise", resample="every-step")
+    per_step = create("gaussian-noise-every-step")
+    assert type(per_step).stage == "train"  # it changes batches, so it says so
     assert per_step.transform_train_set(as_set(x), run_context).images is x
     batch = per_step.augment(Batch(torch.full((64, 3, 32, 32), 0.5), torch.zeros(64)), step_ctx())
     assert abs(float((batch.x - 0.5).std()) - 0.1) < 0.003

@@ -227,9 +227,9 @@ def resolve(config: RunConfig, registry: Registry, *, load_data: bool = True) ->
 # A spawned worker imports torch and the plugins (seconds) before its first cell: below this
 # many cells per worker a pool costs more than it saves.
 CELLS_PER_WORKER = 4
-# Peak resident memory of one worker process on the quick profile's main job (measured; see
-# benchmarks/RESULTS.md), rounded up: "auto" starts no more workers than memory holds.
-WORKER_PEAK_GIB = 2.0
+# Peak resident memory of one process of the quick profile's main job (2.06 GiB measured,
+# benchmarks/RESULTS.md), with headroom: "auto" starts no more workers than memory holds.
+WORKER_PEAK_GIB = 2.5
 
 
 def resolve_workers(config: RunConfig, n_cells: int | None) -> int:

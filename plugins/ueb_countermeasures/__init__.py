@@ -27,6 +27,7 @@ def register_countermeasures(register):
     register("bdr", f"{_PRE}:BitDepthReduction", summary="Bit-depth reduction to 2 bits", **data)
     register("grayscale", f"{_PRE}:Grayscale", summary="Grayscale: ITU-R 601 weighted sum replicated to 3 channels", **data)
     register("gaussian-noise", f"{_PRE}:GaussianNoise", summary="Gaussian noise N(0, 0.1) per image, clamped to [0, 1]", **data)
+    register("gaussian-noise-every-step", f"{_PRE}:GaussianNoiseEveryStep", summary="Gaussian noise N(0, 0.1) drawn afresh at every step (not in Table I)", hidden_from_all=True, **train)
     register("jpeg10", f"{_PRE}:Jpeg", summary="JPEG compression, quality 10", defaults={"quality": 10}, **data)
     register("jpeg50", f"{_PRE}:Jpeg", summary="JPEG compression, quality 50", defaults={"quality": 50}, **data)
     register("at-linf", _AT, summary="PGD-10 adversarial training, L-inf 8/255, step 2/255", defaults={"norm": "linf", "eps": 8 / 255}, **train)

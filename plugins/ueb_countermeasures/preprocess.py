@@ -125,12 +125,10 @@ class Jpeg(SetTransform):
 
 
 class GaussianNoise(Countermeasure):
-    """Additive Gaussian noise N(0, 0.1) per sample (paper A.1.2: std 0.1), clamped to [0, 1].
-
-    `resample="once"` (default): one noise draw per image, fixed for the whole training (a
-    data preprocessing, as the paper groups it), seeded by the run seed. `"every-step"`: fresh
-    noise each time an image is drawn into a batch (after crop and flip).
-    """
+    """Additive Gaussian noise N(0, 0.1) per sample (paper A.1.2: std 0.1), clamped to [0, 1]:
+    one draw per image, fixed for the whole training (a data preprocessing, as the paper groups
+    it), seeded by the run seed. Fresh noise at every step is `gaussian-noise-every-step`, a
+    train-stage countermeasure."""
 
     version = "1"
     stage = "data"
@@ -139,22 +137,26 @@ class GaussianNoise(Countermeasure):
     class Params:
         std: float = 0.1
         mean: float = 0.0
-        resample: Literal["once", "every-step"] = "once"
 
         def __post_init__(self) -> None:
             if self.std < 0:
                 raise ValueError(f"std must be >= 0, got {self.std}")
 
     def transform_train_set(self, train: ImageSet, ctx: RunContext) -> ImageSet:
-        if self.params.resample != "once":
-            return train
         gen = torch.Generator().manual_seed(ctx.seed + 7919)  # its own stream, fixed by the seed
         out = ops.gaussian_noise(train.images, self.params.std, gen, self.params.mean)
         return train.with_images(out, countermeasure=self.name)
 
+
+class GaussianNoiseEveryStep(Countermeasure):
+    """The same noise drawn afresh each time an image enters a batch (after crop and flip), an
+    augmentation rather than a preprocessing; not in the paper's Table I."""
+
+    version = "1"
+    stage = "train"
+    Params = GaussianNoise.Params
+
     def augment(self, batch: Batch, step: StepContext) -> Batch:
-        if self.params.resample != "every-step":
-            return batch
         noise = torch.randn(batch.x.shape, generator=step.generator, device=step.generator.device)
         x = (batch.x + noise.to(batch.x.device) * self.params.std + self.params.mean).clamp(0, 1)
         return Batch(x, batch.y, batch.y2, batch.lam)
