@@ -9,7 +9,7 @@ from core_helpers import isolated_registry, minimal_plugins
 from ueb import plan as plan_module
 from ueb.config import RunConfig, build_config
 from ueb.errors import ConfigError
-from ueb.plan import CELLS_PER_WORKER, WORKER_PEAK_GIB, resolve, resolve_workers
+from ueb.plan import STEPS_PER_WORKER, WORKER_PEAK_GIB, resolve, resolve_workers
 from ueb.plugins import set_host
 
 
@@ -27,34 +27,37 @@ def machine(monkeypatch):
 
 def test_auto_uses_every_core_for_a_large_run_on_a_cpu(machine):
     machine(cores=2, gib=20)
-    assert resolve_workers(RunConfig(workers="auto"), 126) == 2
+    assert resolve_workers(RunConfig(workers="auto"), 126, 600) == 2  # the quick main job
     machine(cores=16, gib=100)
-    assert resolve_workers(RunConfig(workers="auto"), 126) == 16
-    assert resolve_workers(RunConfig(workers="auto"), None) == 16  # cells not known yet
+    assert resolve_workers(RunConfig(workers="auto"), 126, 600) == 16
+    assert resolve_workers(RunConfig(workers="auto"), None, 600) == 16  # cells not known yet
 
 
 def test_auto_stays_in_one_process_when_a_pool_cannot_pay_for_itself(machine):
     machine(cores=16, gib=100)
-    assert resolve_workers(RunConfig(workers="auto"), CELLS_PER_WORKER - 1) == 1
-    assert resolve_workers(RunConfig(workers="auto"), 3 * CELLS_PER_WORKER) == 3
+    assert resolve_workers(RunConfig(workers="auto"), 8, 12) == 1  # a smoke run: seconds of work
+    assert resolve_workers(RunConfig(workers="auto"), 3, STEPS_PER_WORKER) == 3
+    assert (
+        resolve_workers(RunConfig(workers="auto"), 3, 100 * STEPS_PER_WORKER) == 3
+    )  # one per cell
 
 
 def test_auto_starts_no_more_workers_than_memory_holds(machine):
     machine(cores=16, gib=3.5 * WORKER_PEAK_GIB)
-    assert resolve_workers(RunConfig(workers="auto"), 500) == 3
+    assert resolve_workers(RunConfig(workers="auto"), 500, 600) == 3
     machine(cores=16, gib=0.5 * WORKER_PEAK_GIB)
-    assert resolve_workers(RunConfig(workers="auto"), 500) == 1
+    assert resolve_workers(RunConfig(workers="auto"), 500, 600) == 1
     machine(cores=4, gib=0)  # the system does not say: cores decide
-    assert resolve_workers(RunConfig(workers="auto"), 500) == 4
+    assert resolve_workers(RunConfig(workers="auto"), 500, 600) == 4
 
 
 def test_auto_is_one_process_on_a_gpu_and_a_given_number_is_kept(machine):
     machine(cores=16, gib=100, cuda=True)
-    assert resolve_workers(RunConfig(workers="auto", device="auto"), 500) == 1
-    assert resolve_workers(RunConfig(workers="auto", device="cuda:0"), 500) == 1
+    assert resolve_workers(RunConfig(workers="auto", device="auto"), 500, 600) == 1
+    assert resolve_workers(RunConfig(workers="auto", device="cuda:0"), 500, 600) == 1
     machine(cores=16, gib=100)
-    assert resolve_workers(RunConfig(workers=1), 500) == 1
-    assert resolve_workers(RunConfig(workers=5), 500) == 5
+    assert resolve_workers(RunConfig(workers=1), 500, 600) == 1
+    assert resolve_workers(RunConfig(workers=5), 500, 600) == 5
 
 
 def test_the_plan_carries_a_number_and_bad_values_fail_in_the_plan(machine):
@@ -73,7 +76,8 @@ def test_the_plan_carries_a_number_and_bad_values_fail_in_the_plan(machine):
         )
         plan = resolve(config, registry)
         assert isinstance(plan.config.workers, int)
-        assert plan.config.workers == max(1, min(2, len(plan.cells) // CELLS_PER_WORKER))
+        work = len(plan.cells) * plan.profile.training.iterations
+        assert plan.config.workers == max(1, min(2, work // STEPS_PER_WORKER))
         with pytest.raises(ConfigError, match="workers"):
             build_config({}, {"workers": "many"})
         with pytest.raises(ConfigError, match="--workers is 0"):

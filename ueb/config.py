@@ -51,8 +51,8 @@ class RunConfig:
     poison_fractions: tuple[float, ...] = (1.0,)
     # Execution only (not part of a result's identity): where cells run.
     executor: Literal["local", "ray"] = "local"
-    # A number, or "auto": one single-thread process per core on a CPU when the run has cells
-    # enough to pay for starting them (and memory for each), one process on a GPU. The `ueb run`
+    # A number, or "auto": one single-thread process per core on a CPU when the run has training
+    # work enough to pay for starting them (and memory for each), one process on a GPU. The `ueb run`
     # command defaults to "auto"; the plan resolves it (ueb/plan.py) and the run records the number.
     workers: int | Literal["auto"] = 1
     ray_address: str | None = None

@@ -220,19 +220,23 @@ def resolve(config: RunConfig, registry: Registry, *, load_data: bool = True) ->
         user_params={k: dict(v) for k, v in config.params.items()},
     )
     plan = _with_cells(plan) if load_data else plan
-    workers = resolve_workers(config, len(plan.cells) if load_data else None)
+    workers = resolve_workers(
+        config, len(plan.cells) if load_data else None, profile.training.iterations
+    )
     return replace(plan, config=replace(config, workers=workers))
 
 
-# A spawned worker imports torch and the plugins (seconds) before its first cell: below this
-# many cells per worker a pool costs more than it saves.
-CELLS_PER_WORKER = 4
+# A spawned worker spends seconds importing torch and the plugins before its first cell, about
+# what a CPU needs for a few hundred training steps of a small victim: a worker is worth
+# starting only with this many training steps of work for it (the quick main job has 75,600;
+# a smoke run of 8 cells, 96).
+STEPS_PER_WORKER = 1_000
 # Peak resident memory of one process of the quick profile's main job (2.06 GiB measured,
 # benchmarks/RESULTS.md), with headroom: "auto" starts no more workers than memory holds.
 WORKER_PEAK_GIB = 2.5
 
 
-def resolve_workers(config: RunConfig, n_cells: int | None) -> int:
+def resolve_workers(config: RunConfig, n_cells: int | None, steps_per_cell: int = 1) -> int:
     """`config.workers` as a number; "auto" as described on RunConfig.workers."""
     if config.workers != "auto":
         return config.workers
@@ -242,8 +246,8 @@ def resolve_workers(config: RunConfig, n_cells: int | None) -> int:
     if device_type(config.device) != "cpu":
         return 1
     by_memory = int(_available_gib() // WORKER_PEAK_GIB) if _available_gib() else cores
-    by_cells = cores if n_cells is None else n_cells // CELLS_PER_WORKER
-    return max(1, min(cores, by_memory, by_cells))
+    by_work = cores if n_cells is None else n_cells * steps_per_cell // STEPS_PER_WORKER
+    return max(1, min(cores, by_memory, by_work, n_cells or cores))
 
 
 def _usable_cores() -> int:
