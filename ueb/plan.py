@@ -245,7 +245,8 @@ def resolve_workers(config: RunConfig, n_cells: int | None, steps_per_cell: int 
         return cores
     if device_type(config.device) != "cpu":
         return 1
-    by_memory = int(_available_gib() // WORKER_PEAK_GIB) if _available_gib() else cores
+    gib = _available_gib()
+    by_memory = int(gib // WORKER_PEAK_GIB) if gib else cores
     by_work = cores if n_cells is None else n_cells * steps_per_cell // STEPS_PER_WORKER
     return max(1, min(cores, by_memory, by_work, n_cells or cores))
 

@@ -94,11 +94,11 @@ def _perturbed(
     exact = (
         test.images.dtype == poisoned_train.images.dtype == clean_train.images.dtype == torch.uint8
     )
-    parts = []
-    for i in range(0, len(test), 1000):  # chunks: float copies of a whole large set add up
-        j = source[i : i + 1000]
+    parts, chunk = [], 1000  # chunks: float copies of a whole large set add up
+    for i in range(0, len(test), chunk):
+        j = source[i : i + chunk]
         delta = poisoned_train.subset(j).float01() - clean_train.subset(j).float01()
-        base = test.subset(torch.arange(i, min(i + 1000, len(test)))).float01()
+        base = test.subset(torch.arange(i, min(i + chunk, len(test)))).float01()
         x = (base + delta).clamp(0, 1)
         parts.append(x.mul(255).round().to(torch.uint8) if exact else x)
     empty = test.images[:0] if exact else test.float01()[:0]

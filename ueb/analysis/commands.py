@@ -12,13 +12,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ueb.analysis.figures import KINDS as FIGURE_KINDS
 from ueb.output import Output
 
 if TYPE_CHECKING:
     from ueb.analysis.baseline import Baseline, Comparison, Moved
     from ueb.store import CellRecord
-
-from ueb.analysis.figures import KINDS as FIGURE_KINDS  # noqa: E402
 
 
 def _run_path(run: str) -> Path:
