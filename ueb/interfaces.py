@@ -244,6 +244,25 @@ class Fitter(Protocol):
 Stage = Literal["data", "train", "protocol"]
 
 
+@dataclass(frozen=True)
+class ThreatModel:
+    """What a countermeasure assumes the defender has, so tables never mix tracks silently.
+
+    clean_data: it uses clean (unpoisoned) images or labels beyond the poisoned training set;
+    pretrained: it uses a model trained outside the poisoned set (a purifier's checkpoint,
+    CLIP); test_time: it also transforms test inputs.
+    """
+
+    clean_data: bool = False
+    pretrained: bool = False
+    test_time: bool = False
+
+    def tags(self) -> list[str]:
+        """Short labels of the assumptions that hold (empty: the plain track)."""
+        names = {"clean_data": "clean data", "pretrained": "pretrained", "test_time": "test-time"}
+        return [label for key, label in names.items() if getattr(self, key)]
+
+
 class Countermeasure(Plugin):
     """What an unauthorised trainer does to learn from protected data anyway.
 
@@ -257,6 +276,7 @@ class Countermeasure(Plugin):
 
     kind: ClassVar[str] = "countermeasure"
     stage: ClassVar[Stage] = "data"
+    threat: ClassVar[ThreatModel] = ThreatModel()
 
     def transform_train_set(self, train: ImageSet, ctx: RunContext) -> ImageSet:
         return train
