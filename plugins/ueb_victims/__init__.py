@@ -1,4 +1,5 @@
-"""Built-in victims: the paper's five architectures and a fast conv net for CPUs.
+"""Built-in victims: the paper's five architectures, four more from the robustness and
+APBench literature, any timm architecture, and a fast conv net for CPUs.
 
 Targets are "module:Class" strings, so listing victims never imports torch. docs/victims.md
 gives each architecture's source and the choices made for 32x32 inputs.
@@ -38,4 +39,29 @@ def register_victims(register):
         "vit",
         "ueb_victims.vit:ViT",
         summary="Vision Transformer (Dosovitskiy et al. 2021) for 32x32: patch 4, depth 6, width 512, 8 heads",
+    )
+    register(
+        "mobilenetv2",
+        "ueb_victims.mobilenetv2:MobileNetV2",
+        summary="MobileNetV2 (Sandler et al. 2018), kuangliu/APBench CIFAR layout: stride-1 stem and second stage",
+    )
+    register(
+        "senet18",
+        "ueb_victims.senet:SENet18",
+        summary="SENet-18 (Hu et al. 2018): SE pre-activation ResNet-18 blocks, CIFAR stem (kuangliu/APBench)",
+    )
+    register(
+        "wrn-34-10",
+        "ueb_victims.wideresnet:WideResNet",
+        summary="WideResNet-34-10 (Zagoruyko & Komodakis 2016), the adversarial-training standard (TRADES layout)",
+    )
+    register(
+        "cait-small",
+        "ueb_victims.cait:CaiT",
+        summary="CaiT (Touvron et al. 2021), APBench's cait_small: patch 4, width 512, 6 + 2 class-attention layers",
+    )
+    register(
+        "timm",
+        "ueb_victims.timm_adapter:TimmVictim",
+        summary="Any timm architecture (--param timm.arch=NAME), pretrained=False; needs pip install 'ueb[timm]'",
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ueb.interfaces import Victim
+from ueb.params import bounded
 from ueb_victims._common import Stem, check_positive, use_cifar_stem
 
 
@@ -23,7 +24,7 @@ class DenseNet121(Victim):
 
     @dataclass(frozen=True)
     class Params:
-        growth_rate: int = 32
+        growth_rate: int = bounded(32, ge=1)
         stem: Stem = "auto"  # auto: CIFAR stem up to 64x64 inputs, torchvision's above
         memory_efficient: bool = False  # torchvision's gradient checkpointing of dense layers
 

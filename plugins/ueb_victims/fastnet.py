@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ueb.interfaces import Victim
+from ueb.params import bounded
 
 
 def _conv_bn_gelu(cin: int, cout: int, pool: bool, momentum: float):
@@ -35,10 +36,12 @@ class FastNet(Victim):
 
     @dataclass(frozen=True)
     class Params:
-        stem_width: int = 16
-        widths: tuple[int, ...] = (32, 64, 128)  # one block per entry; each halves the resolution
+        stem_width: int = bounded(16, ge=1)
+        widths: tuple[int, ...] = bounded(
+            (32, 64, 128), ge=1
+        )  # one block per entry; each halves the resolution
         stem_pool: bool = True  # halve the resolution after the stem conv
-        bn_momentum: float = 0.1
+        bn_momentum: float = bounded(0.1, ge=0, le=1)
 
     def build(self, num_classes: int, image_size: int, in_channels: int = 3):
         from torch import nn
@@ -50,8 +53,14 @@ class FastNet(Victim):
         if not p.widths:
             from ueb.errors import ConfigError
 
-            raise ConfigError(f"victim '{self.name}': 'widths' is empty", "give at least one block width")
-        check_positive(f"victim '{self.name}'", stem_width=p.stem_width, **{f"widths[{i}]": w for i, w in enumerate(p.widths)})
+            raise ConfigError(
+                f"victim '{self.name}': 'widths' is empty", "give at least one block width"
+            )
+        check_positive(
+            f"victim '{self.name}'",
+            stem_width=p.stem_width,
+            **{f"widths[{i}]": w for i, w in enumerate(p.widths)},
+        )
         pool_stem = p.stem_pool and image_size >= 2
         layers = _conv_bn_gelu(in_channels, p.stem_width, pool=pool_stem, momentum=p.bn_momentum)
         cin = p.stem_width

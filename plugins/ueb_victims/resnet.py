@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ueb.interfaces import Victim
+from ueb.params import bounded
 from ueb_victims._common import Stem, check_positive, use_cifar_stem
 
 
-def build_resnet(block_name: str, layers: list[int], width: int, cifar_stem: bool, in_channels: int):
+def build_resnet(
+    block_name: str, layers: list[int], width: int, cifar_stem: bool, in_channels: int
+):
     """A torchvision ResNet with base width `width`; its `fc` is Identity (features out)."""
     from torch import nn
     from torchvision.models import resnet as tv
@@ -63,7 +66,7 @@ class _ResNetVictim(Victim):
 
     @dataclass(frozen=True)
     class Params:
-        width: int = 64  # channels of the first stage (paper: 64)
+        width: int = bounded(64, ge=1)  # channels of the first stage (paper: 64)
         stem: Stem = "auto"  # auto: CIFAR stem up to 64x64 inputs, torchvision's above
 
     def build(self, num_classes: int, image_size: int, in_channels: int = 3):
@@ -71,7 +74,9 @@ class _ResNetVictim(Victim):
 
         p = self.params
         check_positive(f"victim '{self.name}'", width=p.width)
-        net, dim = build_resnet(self.block, list(self.layers), p.width, use_cifar_stem(p.stem, image_size), in_channels)
+        net, dim = build_resnet(
+            self.block, list(self.layers), p.width, use_cifar_stem(p.stem, image_size), in_channels
+        )
         return Classifier(net, dim, num_classes)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from ueb.interfaces import Victim
+from ueb.params import bounded
 from ueb_victims._common import CIFAR_STEM_MAX_SIZE, check_positive
 
 
@@ -24,9 +25,13 @@ class VGG19(Victim):
 
     @dataclass(frozen=True)
     class Params:
-        width: int = 64  # channels of the first convs; later stages are 2x, 4x, 8x, 8x
+        width: int = bounded(
+            64, ge=1
+        )  # channels of the first convs; later stages are 2x, 4x, 8x, 8x
         classifier: Literal["auto", "cifar", "imagenet"] = "auto"  # auto: cifar up to 64x64 inputs
-        dropout: float = 0.5  # torchvision's, used by the 224x224 classifier only
+        dropout: float = bounded(
+            0.5, ge=0, le=1
+        )  # torchvision's, used by the 224x224 classifier only
 
     def build(self, num_classes: int, image_size: int, in_channels: int = 3):
         from torch import nn
@@ -44,10 +49,16 @@ class VGG19(Victim):
         net = tv.VGG(features, num_classes=num_classes, init_weights=False, dropout=p.dropout)
         if last != 512:
             net.classifier[0] = nn.Linear(last * 7 * 7, 4096)
-        cifar = p.classifier == "cifar" or (p.classifier == "auto" and image_size <= CIFAR_STEM_MAX_SIZE)
+        cifar = p.classifier == "cifar" or (
+            p.classifier == "auto" and image_size <= CIFAR_STEM_MAX_SIZE
+        )
         _init_like_torchvision(net)
         if cifar:
-            return Classifier(nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten()), last, num_classes)
+            return Classifier(
+                nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+                last,
+                num_classes,
+            )
         net.classifier = net.classifier[:-1]  # the head is the Classifier's
         return Classifier(net, 4096, num_classes)
 

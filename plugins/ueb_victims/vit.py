@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ueb.interfaces import Victim
+from ueb.params import bounded
 from ueb_victims._common import CIFAR_STEM_MAX_SIZE, check_positive
 
 
@@ -23,13 +24,13 @@ class ViT(Victim):
 
     @dataclass(frozen=True)
     class Params:
-        patch_size: int | None = None  # None: 4 up to 64x64 inputs, 16 above
-        depth: int = 6
-        width: int = 512  # token dimension (hidden_dim)
-        heads: int = 8
-        mlp_dim: int = 512
-        dropout: float = 0.1
-        attention_dropout: float = 0.0
+        patch_size: int | None = bounded(None, ge=1)  # None: 4 up to 64x64 inputs, 16 above
+        depth: int = bounded(6, ge=1)
+        width: int = bounded(512, ge=1)  # token dimension (hidden_dim)
+        heads: int = bounded(8, ge=1)
+        mlp_dim: int = bounded(512, ge=1)
+        dropout: float = bounded(0.1, ge=0, le=1)
+        attention_dropout: float = bounded(0.0, ge=0, le=1)
 
     def build(self, num_classes: int, image_size: int, in_channels: int = 3):
         from torch import nn
@@ -41,11 +42,19 @@ class ViT(Victim):
         p = self.params
         owner = f"victim '{self.name}'"
         patch = p.patch_size or (4 if image_size <= CIFAR_STEM_MAX_SIZE else 16)
-        check_positive(owner, patch_size=patch, depth=p.depth, width=p.width, heads=p.heads, mlp_dim=p.mlp_dim)
+        check_positive(
+            owner, patch_size=patch, depth=p.depth, width=p.width, heads=p.heads, mlp_dim=p.mlp_dim
+        )
         if image_size % patch:
-            raise ConfigError(f"{owner}: image size {image_size} is not a multiple of patch_size {patch}", "choose a patch_size that divides it")
+            raise ConfigError(
+                f"{owner}: image size {image_size} is not a multiple of patch_size {patch}",
+                "choose a patch_size that divides it",
+            )
         if p.width % p.heads:
-            raise ConfigError(f"{owner}: width {p.width} is not a multiple of heads {p.heads}", "choose heads that divide width")
+            raise ConfigError(
+                f"{owner}: width {p.width} is not a multiple of heads {p.heads}",
+                "choose heads that divide width",
+            )
         net = VisionTransformer(
             image_size=image_size,
             patch_size=patch,
@@ -58,7 +67,9 @@ class ViT(Victim):
         )
         if in_channels != 3:
             net.conv_proj = nn.Conv2d(in_channels, p.width, patch, stride=patch)
-            nn.init.trunc_normal_(net.conv_proj.weight, std=(1.0 / (in_channels * patch * patch)) ** 0.5)
+            nn.init.trunc_normal_(
+                net.conv_proj.weight, std=(1.0 / (in_channels * patch * patch)) ** 0.5
+            )
             nn.init.zeros_(net.conv_proj.bias)
         net.heads = nn.Identity()  # forward then returns the class token's features
         return Classifier(net, p.width, num_classes)
