@@ -138,26 +138,64 @@ def test_training_settings_enter_poison_keys_and_reach_the_plugin(registry, tmp_
 
 
 def test_the_numerics_a_device_implies_enter_every_identity(registry, monkeypatch):
-    """`precision="auto"` (the paper profile's) trains in bf16 on CUDA and fp32 on a CPU: the
-    plan resolves it, so a GPU result and a CPU result never share a cell id or a poison."""
+    """`precision="auto"` (the paper profile's) trains in bf16 on CUDA and fp32 on a CPU, and
+    the device itself is part of the numerics: a GPU result and a CPU result never share a cell
+    id or a poison, whatever precision was asked for."""
     monkeypatch.setattr("ueb.plan.load_profile", _smoke_with(precision="auto", channels_last=True))
     cpu = resolve(_config(device="auto"), registry)
-    assert cpu.training["precision"] == "fp32" and cpu.training["channels_last"] is False
+    assert cpu.training["precision"] == "fp32" and cpu.training["channels_last"] is True
     assert cpu.profile.training.precision == "fp32"  # what the trainer and plugins receive
+    assert cpu.numerics.device == "cpu" and cpu.numerics.threads == 1
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("ueb.numerics.accelerator_of", lambda kind, device: "Some GPU")
     gpu = resolve(_config(device="auto"), registry)
     assert gpu.training["precision"] == "bf16" and gpu.training["channels_last"] is True
     assert {c.id for c in cpu.cells}.isdisjoint({c.id for c in gpu.cells})
     assert cpu.poison_key("fashion-mnist", "shift", 0) != gpu.poison_key(
         "fashion-mnist", "shift", 0
     )
-    # fp32 asked for explicitly is fp32 on either device: the same numbers, the same ids.
     monkeypatch.setattr("ueb.plan.load_profile", _smoke_with(precision="fp32", channels_last=False))
     on_gpu = resolve(_config(device="auto"), registry)
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     on_cpu = resolve(_config(device="cpu"), registry)
     assert on_gpu.training["precision"] == on_cpu.training["precision"] == "fp32"
-    assert [c.id for c in on_gpu.cells] == [c.id for c in on_cpu.cells]
+    assert {c.id for c in on_gpu.cells}.isdisjoint({c.id for c in on_cpu.cells})
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"training": {"threads": 2}},
+        {"training": {"channels_last": False}},
+        {"training": {"deterministic": True}},
+        {"env": ("ONEDNN_MAX_CPU_ISA", "AVX2")},
+        {"env": ("ATEN_CPU_CAPABILITY", "default")},
+        {"core": "999"},
+    ],
+    ids=["threads", "layout", "deterministic", "onednn-isa", "aten-isa", "core-protocol"],
+)
+def test_every_numerics_lever_enters_cell_ids_and_poison_keys(registry, monkeypatch, change):
+    """Threads per process, memory format, deterministic mode, the ISA caps and the core's own
+    protocol version each change numbers, so each gives other ids (never a silent reuse)."""
+    monkeypatch.setattr("ueb.plan.load_profile", _smoke_with(channels_last=True))
+    base = resolve(_config(device="cpu"), registry)
+    if "training" in change:
+        settings = {"channels_last": True, **change["training"]}
+        monkeypatch.setattr("ueb.plan.load_profile", _smoke_with(**settings))
+    if "env" in change:
+        monkeypatch.setenv(*change["env"])
+        if change["env"][0] == "ATEN_CPU_CAPABILITY":  # torch reads it at start-up only
+            monkeypatch.setattr("ueb.numerics.accelerator_of", lambda kind, device: "DEFAULT")
+    if "core" in change:
+        import ueb.numerics
+
+        monkeypatch.setattr(ueb.numerics.Numerics.__init__, "__defaults__", (change["core"],))
+    other = resolve(_config(device="cpu"), registry)
+    assert {c.id for c in base.cells}.isdisjoint({c.id for c in other.cells})
+    assert base.poison_key("fashion-mnist", "shift", 0) != other.poison_key(
+        "fashion-mnist", "shift", 0
+    )
+    assert base.describe()["numerics"] != other.describe()["numerics"]
 
 
 def _smoke_with(**training):

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ueb.atomic import write_error, write_text
+from ueb.identity import artifact_identity
 from ueb.locks import FileLock
-from ueb.params import params_hash
 
 MANIFEST = "manifest.json"
 
@@ -127,14 +127,22 @@ class Artifact:
 
 
 class ArtifactStore:
-    def __init__(self, root: Path | None = None, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        root: Path | None = None,
+        log: Callable[[str], None] = print,
+        numerics: dict[str, Any] | None = None,
+    ) -> None:
+        """`numerics` (a run's resolved numerics) enters every key: a surrogate or hider built
+        under other numerics is another artifact."""
         self.root = Path(root) if root is not None else default_cache_root()
         self.log = log
+        self.numerics = numerics
 
     def get(self, kind: str, recipe: dict[str, Any]) -> Artifact:
         """The artifact for `recipe`, its folder created; when it is not done, this process
         holds its build lock (waiting while another process builds it) until `finish`."""
-        key = params_hash(recipe)
+        key = artifact_identity(kind, recipe, self.numerics)
         path = self.root / kind / key
         try:
             path.mkdir(parents=True, exist_ok=True)

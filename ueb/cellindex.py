@@ -2,7 +2,9 @@
 
 A cell's id is a hash of everything that determines its numbers, so a cell finished in one run
 directory is the same computation in another: the clean row that every poisoner's run shares
-is computed once. Each entry is the record as JSON plus the run directory it came from.
+is computed once. Each entry is the record as JSON, the run directory it came from, and the
+record's sha256: an entry whose record does not match it (damaged, or edited by hand) is not
+used, and the cell is computed again.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from ueb.atomic import write_text
+from ueb.identity import record_checksum
 from ueb.store import CellRecord
 
 _FIELDS = {f.name for f in fields(CellRecord)}
@@ -27,7 +30,12 @@ class CellIndex:
     def put(self, record: CellRecord, run_dir: Path) -> None:
         if record.status != "ok":
             return
-        blob = {"source": str(Path(run_dir).resolve()), "record": asdict(record)}
+        body = json.loads(json.dumps(asdict(record), default=str))
+        blob = {
+            "source": str(Path(run_dir).resolve()),
+            "record": body,
+            "sha256": record_checksum(body),
+        }
         write_text(self._path(record.cell_id), json.dumps(blob, default=str), what="the cell index")
 
     def _read(self, cell_id: str) -> dict | None:
@@ -37,6 +45,8 @@ class CellIndex:
             return None  # absent or damaged: the cell is computed again
         if not isinstance(blob, dict) or not isinstance(blob.get("record"), dict):
             return None
+        if blob.get("sha256") != record_checksum(blob["record"]):
+            return None  # damaged or edited: never reused
         return blob
 
     def get(self, cell_id: str) -> CellRecord | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import ueb
+from ueb.numerics import cpu_model, machine_record
 from ueb.registry import Registry
 
 
@@ -35,11 +36,7 @@ def git_commit() -> str:
 
 
 def device_name(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return machine_record(device)
 
 
 def environment_manifest(registry: Registry, device: str) -> dict[str, Any]:
@@ -53,6 +50,7 @@ def environment_manifest(registry: Registry, device: str) -> dict[str, Any]:
         "platform": platform.platform(),
         "device": device,
         "device_name": device_name(device),
+        "cpu": cpu_model(),
         "plugins": {
             name: {
                 "distribution": rec.distribution,

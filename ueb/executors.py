@@ -58,10 +58,10 @@ def _init_process(threads: int) -> None:
 
 
 class ProcessPool:
-    """A local pool of spawned processes (safe with torch); each gets cores / workers threads."""
+    """A local pool of spawned processes (safe with torch), each with the plan's intra-op
+    threads (part of the numerics, so a cell computes alike in any pool)."""
 
-    def __init__(self, workers: int) -> None:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+    def __init__(self, workers: int, threads: int = 1) -> None:
         self.pool = cf.ProcessPoolExecutor(
             workers,
             mp_context=mp.get_context("spawn"),
@@ -129,7 +129,7 @@ class RayPool:
             yield self.ray.get(done[0])
 
 
-def make_executor(config: RunConfig) -> ProcessPool | RayPool | None:
+def make_executor(config: RunConfig, threads: int = 1) -> ProcessPool | RayPool | None:
     """None means: run the cells here, one after the other (with nested progress bars).
     `config` is a resolved plan's: its workers are a number."""
     if config.workers == "auto":
@@ -139,5 +139,5 @@ def make_executor(config: RunConfig) -> ProcessPool | RayPool | None:
             config.ray_address, config.cpus_per_cell, config.gpus_per_cell, config.workers
         )
     if config.workers > 1:
-        return ProcessPool(config.workers)
+        return ProcessPool(config.workers, threads)
     return None

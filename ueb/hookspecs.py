@@ -40,3 +40,8 @@ def register_datasets(register: Any) -> None:
 @hookspec
 def register_commands(cli: Any) -> None:
     """Add commands (typer apps or functions) to the `ueb` CLI."""
+
+
+@hookspec
+def register_detectors(register: Any) -> None:
+    """Register Detector classes."""

@@ -10,7 +10,15 @@ What goes into each:
   victim-training protocol the poisoner's context carries;
 * a cell: the poison's inputs plus the test set, the countermeasure and victim specs, the poison
   fraction, the data subset, and the names shown in the table; its `config_digest` is the same
-  without the seed, so that a report pools seeds of one configuration only.
+  without the seed, so that a report pools seeds of one configuration only;
+* a training: what determines one victim training bit for bit (the bytes it trains and is
+  evaluated on, the victim, the countermeasure's training-time hooks, protocol, numerics and
+  seed), so cells whose trainings are identical share one;
+* an artifact (a trained surrogate, a hider, a semantic-image bank): its kind, its plugin's
+  recipe and the numerics it is built under.
+
+Poisons, cells, trainings and artifacts all hash the run's numerics (ueb/numerics.py): a
+number computed under other numerics is never reused as this one.
 """
 
 from __future__ import annotations
@@ -71,3 +79,40 @@ def cell_configuration(
 
 def cell_identity(config_digest: str, seed: int, labels: tuple[str, ...]) -> str:
     return digest("cell", config_digest, seed, list(labels))
+
+
+def training_identity(
+    *,
+    poison_key: str,
+    fraction: float,
+    train_fingerprint: str,
+    test_fingerprint: str,
+    victim: dict[str, Any],
+    hooks: dict[str, Any] | None,
+    computation: dict[str, Any],
+    seed: int,
+) -> str:
+    """One victim training: `hooks` is the countermeasure's spec when it acts inside training
+    (augment, loss, fit) or on test inputs, None when it only changed the training set (whose
+    bytes `train_fingerprint` already names)."""
+    return digest(
+        "training",
+        poison_key,
+        float(fraction),
+        train_fingerprint,
+        test_fingerprint,
+        victim,
+        hooks,
+        computation,
+        seed,
+    )
+
+
+def artifact_identity(kind: str, recipe: Any, numerics: dict[str, Any] | None) -> str:
+    return digest("artifact", kind, recipe, numerics)
+
+
+def record_checksum(record: dict[str, Any]) -> str:
+    """The full sha256 of a stored record's canonical JSON (cell-index entries carry it)."""
+    blob = json.dumps(canonical(record), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()

@@ -327,3 +327,37 @@ class Dataset(Plugin):
     @abstractmethod
     def load(self, root: Path | None) -> Splits:
         """Read the data (from `root` when the dataset needs files); raise DataError if absent."""
+
+
+# --------------------------------------------------------------------------- detectors
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What a detector says about one training set.
+
+    `scores` holds one finite float per image, in the set's order (numpy, shape (N,)): higher
+    means more likely poisoned. The set-level verdict is `poisoned`, decided by comparing
+    `set_score` with `threshold` the way the method does; `extra` carries JSON-able facts (the
+    validation accuracy, the number of filtering rounds, ...).
+    """
+
+    scores: Any
+    set_score: float
+    threshold: float
+    poisoned: bool
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Detector(Plugin):
+    """Says whether a training set (fully, partly or not poisoned) holds unlearnable examples.
+
+    `detect` returns a score per image and a verdict per set. It may train models (draw all
+    randomness from `ctx.seed`) and build the plugins it declares in `requires()`.
+    """
+
+    kind: ClassVar[str] = "detector"
+
+    @abstractmethod
+    def detect(self, train: ImageSet, ctx: RunContext) -> Detection:
+        """Score every image of `train` and decide whether the set is poisoned."""

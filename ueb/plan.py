@@ -23,6 +23,7 @@ from ueb import identity
 from ueb.config import RunConfig, as_list
 from ueb.errors import ConfigError, PluginError
 from ueb.interfaces import Budget, Plugin, Requirement
+from ueb.numerics import Numerics, device_type, resolve_numerics
 from ueb.params import as_dict, closest, parse_params
 from ueb.profile import Profile, load_profile, matching_plugin_settings
 from ueb.registry import Registry, variant_name
@@ -98,11 +99,17 @@ class Plan:
     seeds: tuple[int, ...]
     fractions: tuple[float, ...]
     cells: tuple[Cell, ...]
+    numerics: Numerics
     user_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def training(self) -> dict[str, Any]:
         return as_dict(self.profile.training)
+
+    @property
+    def computation(self) -> dict[str, Any]:
+        """The training protocol and the numerics: what every poison and cell id hashes."""
+        return {"training": self.training, "numerics": self.numerics.identity()}
 
     def spec(self, kind: str, name: str) -> Spec:
         return self.specs[(kind, name)]
@@ -112,7 +119,7 @@ class Plan:
             self.spec("poisoner", poisoner).digest,
             self.spec("dataset", dataset).fingerprint.split("/")[0],
             seed,
-            self.training,
+            self.computation,
         )
 
     def find(
@@ -147,6 +154,7 @@ class Plan:
             "seeds": list(self.seeds),
             "poison_fractions": list(self.fractions),
             "training": self.training,
+            "numerics": self.numerics.identity(),
             "data": as_dict(self.profile.data),
             "specs": {f"{k}:{n}": s.describe() for (k, n), s in self.specs.items()},
             # what the user wrote, kept for reading old runs' layout (analysis reads these)
@@ -174,7 +182,15 @@ def resolve(config: RunConfig, registry: Registry, *, load_data: bool = True) ->
     datasets' fingerprints). `load_data=False` checks everything but the data (for files that
     name datasets this machine does not have); such a plan has no cell ids and cannot run."""
     _check_execution(config)
-    profile = _with_effective_numerics(load_profile(config.profile), config.device)
+    profile = load_profile(config.profile)
+    numerics = resolve_numerics(
+        config.device,
+        profile.training.precision,
+        profile.training.channels_last,
+        profile.training.threads,
+        profile.training.deterministic,
+    )
+    profile = _with_numerics(profile, numerics)
     selected = {
         "dataset": registry.select("dataset", config.datasets or profile.datasets),
         "poisoner": registry.select("poisoner", config.poisoners),
@@ -217,6 +233,7 @@ def resolve(config: RunConfig, registry: Registry, *, load_data: bool = True) ->
         seeds=seeds,
         fractions=tuple(config.poison_fractions),
         cells=(),
+        numerics=numerics,
         user_params={k: dict(v) for k, v in config.params.items()},
     )
     plan = _with_cells(plan) if load_data else plan
@@ -274,7 +291,7 @@ def _available_gib() -> float:
 
 def _with_cells(plan: Plan) -> Plan:
     cells: list[Cell] = []
-    training, data = plan.training, as_dict(plan.profile.data)
+    training, data = plan.computation, as_dict(plan.profile.data)
     for d in plan.datasets:
         for p in plan.poisoners:
             for s in plan.seeds:
@@ -420,27 +437,15 @@ class _SpecBuilder:
         return f"{splits.train.fingerprint()}/{splits.test.fingerprint()}"
 
 
-def device_type(device: str) -> str:
-    """The kind of processor `--device` resolves to on this machine ("cpu", "cuda", "mps")."""
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device.split(":")[0]
-
-
-def _with_effective_numerics(profile: Profile, device: str) -> Profile:
-    """The profile with `precision="auto"` and `channels_last` replaced by what the trainer will
-    really do on `device`: bf16 autocast and channels_last apply on CUDA only. Identities hash
-    the profile's training settings, so a bf16 GPU result and an fp32 CPU result of the same
-    configuration get different cell ids and poison keys instead of sharing a cache entry."""
-    kind = device_type(device)
-    training = profile.training
-    precision = training.precision
-    if precision == "auto":
-        precision = "bf16" if kind == "cuda" else "fp32"
+def _with_numerics(profile: Profile, numerics: Numerics) -> Profile:
+    """The profile with its training settings replaced by what the trainer will really do
+    (`precision="auto"` resolved, channels_last where the device has it, the thread count), so
+    plugins and the trainer read the same values the identities hash."""
     effective = replace(
-        training, precision=precision, channels_last=training.channels_last and kind == "cuda"
+        profile.training,
+        precision=numerics.precision,  # type: ignore[arg-type]
+        channels_last=numerics.channels_last,
+        threads=numerics.threads,
     )
     return replace(profile, training=effective)
 

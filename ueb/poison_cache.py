@@ -22,26 +22,10 @@ import torch
 
 from ueb.atomic import save_npy, write_text
 from ueb.errors import UebError
-from ueb.interfaces import Poisoner
 from ueb.locks import FileLock
-from ueb.params import as_dict, params_hash
 
 # the cache's own bookkeeping in facts.json; load() hands back the facts as they were saved
 _BOOKKEEPING = ("sha256", "images_shape")
-
-
-def poison_key(poisoner: Poisoner, dataset_fingerprint: str, seed: int) -> str:
-    cls = type(poisoner)
-    return params_hash(
-        {
-            "poisoner": poisoner.name,
-            "class": f"{cls.__module__}.{cls.__qualname__}",
-            "version": cls.version,
-            "params": as_dict(poisoner.params),
-            "dataset": dataset_fingerprint,
-            "seed": seed,
-        }
-    )
 
 
 def images_sha256(array: np.ndarray) -> str:

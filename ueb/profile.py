@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ueb.errors import ConfigError
-from ueb.params import parse_params
+from ueb.params import bounded, parse_params
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
@@ -24,30 +24,36 @@ PROFILE_DIR = Path(__file__).parent / "profiles"
 class TrainingConfig:
     """The victim's training protocol. Defaults are the paper's (Sec. IV-A3, after REM)."""
 
-    iterations: int = 40_000
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    iterations: int = bounded(40_000, ge=1)
+    batch_size: int = bounded(128, ge=1)
+    lr: float = bounded(0.1, gt=0)
+    momentum: float = bounded(0.9, ge=0, lt=1)
+    weight_decay: float = bounded(5e-4, ge=0)
     nesterov: bool = False
-    milestones: tuple[int, ...] = (16_000, 32_000)
-    gamma: float = 0.1
-    crop_padding: int = 4
+    milestones: tuple[int, ...] = bounded((16_000, 32_000), ge=1)
+    gamma: float = bounded(0.1, gt=0, le=1)
+    crop_padding: int = bounded(4, ge=0)
     flip: bool = True
-    eval_every: int = 2_000
-    eval_batch_size: int = 1_000
+    eval_every: int = bounded(2_000, ge=0)
+    eval_batch_size: int = bounded(1_000, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # channels_last on CPUs as on GPUs: measured x1.6-1.8 per fastnet step on two CPU families
+    # (benchmarks/RESULTS.md); it changes summation order, so it is part of every identity.
     channels_last: bool = True
     compile: bool = False
-    grad_clip: float = 0.0
+    grad_clip: float = bounded(0.0, ge=0)
+    # Intra-op threads per process; 0: one (ueb/numerics.py says why).
+    threads: int = bounded(0, ge=0, le=1024)
+    # torch.use_deterministic_algorithms (slower on GPUs; CPU kernels already repeat).
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Which part of the dataset a run uses: the first N images per class (None: all)."""
 
-    train_per_class: int | None = None
-    test_per_class: int | None = None
+    train_per_class: int | None = bounded(None, ge=1)
+    test_per_class: int | None = bounded(None, ge=1)
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,13 @@ from ueb.plugins import PluginHost, get_host
 if TYPE_CHECKING:
     from ueb.interfaces import PluginProvider
 
-KINDS = ("poisoner", "countermeasure", "victim", "dataset")
+KINDS = ("poisoner", "countermeasure", "victim", "dataset", "detector")
 HOOKS = {
     "poisoner": "register_poisoners",
     "countermeasure": "register_countermeasures",
     "victim": "register_victims",
     "dataset": "register_datasets",
+    "detector": "register_detectors",
 }
 PLURAL = {k: k + "s" for k in KINDS}
 
@@ -48,6 +49,7 @@ class Entry:
             "countermeasure": interfaces.Countermeasure,
             "victim": interfaces.Victim,
             "dataset": interfaces.Dataset,
+            "detector": interfaces.Detector,
         }[self.kind]
         if isinstance(self.target, str):
             module_name, _, attr = self.target.partition(":")

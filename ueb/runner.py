@@ -137,7 +137,7 @@ class MatrixRunner:
         policy = FailurePolicy(self.plan.config.fail_fast)
         with self.progress.task("matrix", total=len(cells)) as bar:
             bar.advance(len(cells) - len(todo))
-            executor = make_executor(self.plan.config)
+            executor = make_executor(self.plan.config, self.plan.numerics.threads)
             if executor is None:
                 self._sequential(todo, policy, bar)
             else:

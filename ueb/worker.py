@@ -19,11 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ueb import identity
 from ueb.artifacts import ArtifactStore
 from ueb.errors import DataError, PluginError, UebError
 from ueb.imageset import ImageSet
 from ueb.integrity import check_poison
 from ueb.interfaces import Countermeasure, Poisoner, RunContext, Splits, Victim
+from ueb.numerics import apply_numerics, machine_record
 from ueb.params import as_dict, parse_params
 from ueb.plan import Cell, Plan, Spec
 from ueb.poison_cache import PoisonCache
@@ -33,6 +35,12 @@ from ueb.registry import Registry
 from ueb.splits import load_splits
 from ueb.store import CellRecord
 from ueb.training import Trainer
+from ueb.trainings import SharedTraining, TrainingIndex
+
+# Countermeasure methods that act inside training or on test inputs: a countermeasure that
+# overrides one of them enters its trainings' identity; one that only transforms the training
+# set is named by the bytes it produced.
+TRAINING_HOOKS = ("augment", "loss", "fit", "transform_test_set")
 
 
 def seed_everything(seed: int) -> None:
@@ -101,8 +109,12 @@ class CellWorker:
         self.progress = progress or silent()
         self.log = log
         self.warn = warn or _stderr
-        self.artifacts = ArtifactStore(Path(job.cache_root), log=self.warn)
+        apply_numerics(self.plan.numerics)
+        self.artifacts = ArtifactStore(
+            Path(job.cache_root), log=self.warn, numerics=self.plan.numerics.identity()
+        )
         self.poisons = PoisonCache(self.artifacts.root / "poisons", log=self.warn)
+        self.trainings = TrainingIndex(self.artifacts.root / "trainings", log=self.warn)
         self._poison_memo: tuple[tuple[str, str, int], Poisoned] | None = None
         self._data_stage_memo: tuple[tuple[Any, ...], tuple[ImageSet, ImageSet]] | None = None
 
@@ -272,16 +284,35 @@ class CellWorker:
                 (cm.transform_train_set(mixed, ctx), cm.transform_test_set(splits.test, ctx)),
             )
         train, test = self._data_stage_memo[1]
-        seed_everything(cell.seed)
-        model = victim.build(
-            splits.train.num_classes, splits.train.image_size, splits.train.channels
-        )
-        trainer = Trainer(self.plan.profile.training, self.device, cell.seed, self.progress)
-        result = cm.fit(model, train, test, trainer, ctx)
-        probe = self.probe(
-            poisoned, splits, model, cell, train, lambda s: cm.transform_test_set(s, ctx)
-        )
-        self.save_model(cell, model, victim)
+        key = self.training_key(cell, cm, cm_spec, train, test)
+        wants_model = self.wants_model(cell)
+        with self.trainings.claim(key, f"{cell.poisoner} x {cell.countermeasure}") as slot:
+            shared = slot.shared
+            if shared is not None and wants_model and not shared.has_model:
+                shared = None  # its model was not kept: train again (same numbers) to save it
+            if shared is None:
+                seed_everything(cell.seed)
+                model = victim.build(
+                    splits.train.num_classes, splits.train.image_size, splits.train.channels
+                )
+                trainer = Trainer(self.plan.profile.training, self.device, cell.seed, self.progress)
+                result = cm.fit(model, train, test, trainer, ctx)
+                probe = self.probe(
+                    poisoned, splits, model, cell, train, lambda s: cm.transform_test_set(s, ctx)
+                )
+                slot.save(
+                    SharedTraining(result, probe, cell.id, self.job.run_dir),
+                    model.state_dict() if wants_model else None,
+                )
+                self.save_model(cell, model.state_dict(), victim)
+                training_from = None
+            else:
+                result, probe = shared.result, shared.probe
+                if wants_model:
+                    state = self.trainings.load_model(key)
+                    if state is not None:
+                        self.save_model(cell, state, victim)
+                training_from = shared.source_cell
         env = self.job.environment
         return replace(
             error_record(self.plan, cell, None),
@@ -304,12 +335,37 @@ class CellWorker:
             extra={
                 **result.extra,
                 "train_set": {k: v for k, v in train.meta.items() if k != "poison"},
+                "training_key": key,
+                **({"training_from": training_from} if training_from else {}),
+                "numerics": self.plan.numerics.describe(),
             },
             probe=probe,
             git=env.get("git", ""),
             torch=env.get("torch", ""),
-            device=env.get("device_name", self.device),
+            device=machine_record(self.device),
         )
+
+    def training_key(
+        self, cell: Cell, cm: Countermeasure, cm_spec: Spec, train: ImageSet, test: ImageSet
+    ) -> str:
+        """The identity of this cell's victim training (ueb.identity.training_identity)."""
+        acts_in_training = any(
+            getattr(type(cm), hook) is not getattr(Countermeasure, hook) for hook in TRAINING_HOOKS
+        )
+        return identity.training_identity(
+            poison_key=cell.poison_key,
+            fraction=cell.fraction,
+            train_fingerprint=train.fingerprint(),
+            test_fingerprint=test.fingerprint(),
+            victim=self.plan.spec("victim", cell.victim).identity(),
+            hooks=cm_spec.identity() if acts_in_training else None,
+            computation=self.plan.computation,
+            seed=cell.seed,
+        )
+
+    def wants_model(self, cell: Cell) -> bool:
+        mode = self.plan.config.save_models
+        return not (mode == "none" or (mode == "vanilla" and cell.countermeasure != "vanilla"))
 
     def probe(
         self,
@@ -349,15 +405,14 @@ class CellWorker:
         except Exception as exc:
             return error_record(self.plan, cell, one_line(exc)), (None if recoverable(exc) else exc)
 
-    def save_model(self, cell: Cell, model: torch.nn.Module, victim: Victim) -> None:
+    def save_model(self, cell: Cell, state: dict[str, Any], victim: Victim) -> None:
         from ueb.atomic import save_torch
 
-        mode = self.plan.config.save_models
-        if mode == "none" or (mode == "vanilla" and cell.countermeasure != "vanilla"):
+        if not self.wants_model(cell):
             return
         folder = Path(self.job.run_dir) / "models"
         blob = {
-            "state_dict": model.state_dict(),
+            "state_dict": state,
             "victim": cell.victim,
             "params": as_dict(victim.params),
             "version": type(victim).version,
