@@ -1,4 +1,5 @@
-"""Built-in datasets: the embedded Fashion-MNIST subset, CIFAR-10/100 and an ImageNet subset."""
+"""Built-in datasets: the embedded Fashion-MNIST subset, CIFAR-10/100, SVHN, Tiny-ImageNet and an
+ImageNet subset, all from local files (docs/datasets.md gives each layout)."""
 
 from ueb.hookspecs import hookimpl
 
@@ -29,4 +30,14 @@ def register_datasets(register):
         "fashion-mnist-textured",
         "ueb_datasets.textured:TexturedFashionMNIST",
         summary="The embedded Fashion-MNIST images on random crops of natural photos (harder clean features), 32x32 RGB",
+    )
+    register(
+        "svhn",
+        "ueb_datasets.svhn:SVHN",
+        summary="SVHN cropped digits (Netzer et al. 2011) from the official train_32x32.mat / test_32x32.mat under --data-root",
+    )
+    register(
+        "tiny-imagenet",
+        "ueb_datasets.tinyimagenet:TinyImageNet",
+        summary="Tiny-ImageNet (200 classes, 64x64) from the official tiny-imagenet-200/ folder under --data-root",
     )

@@ -44,7 +44,8 @@ class _CIFAR(Dataset):
     def load(self, root: Path | None) -> Splits:
         if root is None:
             raise DataError(
-                f"{self.name} needs --data-root", f"point it at {self.layout()} (ueb never downloads)"
+                f"{self.name} needs --data-root",
+                f"point it at {self.layout()} (ueb never downloads)",
             )
         root = Path(root).expanduser()
         members = self._open(root)
@@ -55,7 +56,9 @@ class _CIFAR(Dataset):
         x_train = np.concatenate([p[0] for p in train_parts])
         y_train = np.concatenate([p[1] for p in train_parts])
         train = ImageSet(torch.from_numpy(x_train), torch.from_numpy(y_train), names, self.name)
-        test = ImageSet(torch.from_numpy(test_data), torch.from_numpy(test_labels), names, self.name)
+        test = ImageSet(
+            torch.from_numpy(test_data), torch.from_numpy(test_labels), names, self.name
+        )
         return Splits(train, test, source=str(root))
 
     # -- file access ----------------------------------------------------------------------
@@ -64,8 +67,13 @@ class _CIFAR(Dataset):
         """Map of member file name -> bytes loader, from an archive or a folder."""
         candidates = [root, root / self.folder, root / self.archive]
         for cand in candidates:
-            if cand.is_dir() and all((cand / f).is_file() for f in self.train_files + self.test_files + (self.meta_file,)):
-                return {f: (lambda p=cand / f: p.read_bytes()) for f in self.train_files + self.test_files + (self.meta_file,)}
+            if cand.is_dir() and all(
+                (cand / f).is_file() for f in self.train_files + self.test_files + (self.meta_file,)
+            ):
+                return {
+                    f: (lambda p=cand / f: p.read_bytes())
+                    for f in self.train_files + self.test_files + (self.meta_file,)
+                }
             if cand.is_file() and cand.name.endswith((".tar.gz", ".tgz", ".tar")):
                 try:
                     with tarfile.open(cand) as tar:
@@ -75,22 +83,38 @@ class _CIFAR(Dataset):
                             if m.isfile() and Path(m.name).parent.name == self.folder
                         }
                 except (tarfile.TarError, OSError, EOFError) as exc:
-                    raise DataError(f"{cand} is not a readable CIFAR archive ({exc})", f"expected {self.layout()}") from exc
-                missing = [f for f in self.train_files + self.test_files + (self.meta_file,) if f not in data]
+                    raise DataError(
+                        f"{cand} is not a readable CIFAR archive ({exc})",
+                        f"expected {self.layout()}",
+                    ) from exc
+                missing = [
+                    f
+                    for f in self.train_files + self.test_files + (self.meta_file,)
+                    if f not in data
+                ]
                 if missing:
-                    raise DataError(f"{cand} lacks {', '.join(missing)}", f"expected {self.layout()}")
+                    raise DataError(
+                        f"{cand} lacks {', '.join(missing)}", f"expected {self.layout()}"
+                    )
                 return {k: (lambda b=v: b) for k, v in data.items()}
         if not root.exists():
-            raise DataError(f"data root {root} does not exist", f"point --data-root at {self.layout()}")
+            raise DataError(
+                f"data root {root} does not exist", f"point --data-root at {self.layout()}"
+            )
         raise DataError(f"no {self.name} data found under {root}", f"expected {self.layout()}")
 
     def _unpickle(self, members: dict[str, Any], name: str) -> dict[bytes, Any]:
         try:
             obj = pickle.load(io.BytesIO(members[name]()), encoding="bytes")
         except Exception as exc:
-            raise DataError(f"{self.name} file {name} is corrupt ({type(exc).__name__}: {exc})", "re-extract the official archive") from exc
+            raise DataError(
+                f"{self.name} file {name} is corrupt ({type(exc).__name__}: {exc})",
+                "re-extract the official archive",
+            ) from exc
         if not isinstance(obj, dict):
-            raise DataError(f"{self.name} file {name} is not a CIFAR batch", f"expected {self.layout()}")
+            raise DataError(
+                f"{self.name} file {name} is not a CIFAR batch", f"expected {self.layout()}"
+            )
         return obj
 
     def _batch(self, members: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -99,9 +123,15 @@ class _CIFAR(Dataset):
             data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             labels = np.asarray(d[self.label_key], dtype=np.int64)
         except (KeyError, ValueError) as exc:
-            raise DataError(f"{self.name} file {name} has an unexpected layout ({exc})", f"expected {self.layout()}") from exc
+            raise DataError(
+                f"{self.name} file {name} has an unexpected layout ({exc})",
+                f"expected {self.layout()}",
+            ) from exc
         if len(labels) != len(data):
-            raise DataError(f"{self.name} file {name} has {len(data)} images but {len(labels)} labels", "re-extract the official archive")
+            raise DataError(
+                f"{self.name} file {name} has {len(data)} images but {len(labels)} labels",
+                "re-extract the official archive",
+            )
         return data, labels
 
 

@@ -42,7 +42,21 @@ class EmbeddedFashionMNIST(Dataset):
             raise DataError(
                 f"the embedded dataset {path} is missing or corrupt ({exc})", "reinstall ueb"
             ) from exc
-        conv = to_rgb32 if self.params.rgb else (lambda a: torch.from_numpy(np.pad(a, ((0, 0), (2, 2), (2, 2)))[:, None].copy()))
-        train = ImageSet(conv(arrays["train_images"]), torch.from_numpy(arrays["train_labels"].astype(np.int64)), CLASSES, "fashion-mnist")
-        test = ImageSet(conv(arrays["test_images"]), torch.from_numpy(arrays["test_labels"].astype(np.int64)), CLASSES, "fashion-mnist")
+        conv = (
+            to_rgb32
+            if self.params.rgb
+            else (lambda a: torch.from_numpy(np.pad(a, ((0, 0), (2, 2), (2, 2)))[:, None].copy()))
+        )
+        train = ImageSet(
+            conv(arrays["train_images"]),
+            torch.from_numpy(arrays["train_labels"].astype(np.int64)),
+            CLASSES,
+            "fashion-mnist",
+        )
+        test = ImageSet(
+            conv(arrays["test_images"]),
+            torch.from_numpy(arrays["test_labels"].astype(np.int64)),
+            CLASSES,
+            "fashion-mnist",
+        )
         return Splits(train, test, source=f"embedded:{FILE}")

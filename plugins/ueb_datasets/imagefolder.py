@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from ueb.errors import DataError
 from ueb.imageset import ImageSet
 from ueb.interfaces import Dataset, Splits
+from ueb.params import bounded
 
 EXTENSIONS = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
 
@@ -27,13 +28,17 @@ def load_image(path: Path, size: int) -> np.ndarray:
             im = im.convert("RGB")
             w, h = im.size
             scale = size / min(w, h)
-            im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+            im = im.resize(
+                (max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR
+            )
             w, h = im.size
             left, top = (w - size) // 2, (h - size) // 2
             im = im.crop((left, top, left + size, top + size))
             return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"cannot read image {path} ({exc})", "remove or replace the corrupt file") from exc
+        raise DataError(
+            f"cannot read image {path} ({exc})", "remove or replace the corrupt file"
+        ) from exc
 
 
 class ImageNetSubset(Dataset):
@@ -41,19 +46,27 @@ class ImageNetSubset(Dataset):
 
     @dataclass(frozen=True)
     class Params:
-        num_classes: int = 100
-        train_fraction: float = 0.2
-        size: int = 224
+        num_classes: int = bounded(100, ge=1)
+        train_fraction: float = bounded(0.2, gt=0, le=1)
+        size: int = bounded(224, ge=1)
 
     def load(self, root: Path | None) -> Splits:
         if root is None:
-            raise DataError("imagenet-subset needs --data-root", "point it at a folder with train/<class>/ and val/<class>/ image folders")
+            raise DataError(
+                "imagenet-subset needs --data-root",
+                "point it at a folder with train/<class>/ and val/<class>/ image folders",
+            )
         root = Path(root).expanduser()
         train_dir, val_dir = root / "train", root / "val"
         for d in (train_dir, val_dir):
             if not d.is_dir():
-                raise DataError(f"{d} does not exist", "expected train/<class>/*.JPEG and val/<class>/*.JPEG under --data-root")
-        classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())[: self.params.num_classes]
+                raise DataError(
+                    f"{d} does not exist",
+                    "expected train/<class>/*.JPEG and val/<class>/*.JPEG under --data-root",
+                )
+        classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())[
+            : self.params.num_classes
+        ]
         if not classes:
             raise DataError(f"{train_dir} holds no class folders", "expected train/<class>/*.JPEG")
         p = self.params
@@ -64,11 +77,20 @@ class ImageNetSubset(Dataset):
     def _split(self, folder: Path, classes: list[str], fraction: float) -> ImageSet:
         images, labels = [], []
         for label, cls in enumerate(classes):
-            files = sorted(f for f in (folder / cls).glob("*") if f.suffix.lower() in EXTENSIONS) if (folder / cls).is_dir() else []
+            files = (
+                sorted(f for f in (folder / cls).glob("*") if f.suffix.lower() in EXTENSIONS)
+                if (folder / cls).is_dir()
+                else []
+            )
             take = files[: max(1, int(round(len(files) * fraction)))] if files else []
             for f in take:
                 images.append(load_image(f, self.params.size))
                 labels.append(label)
         if not images:
-            raise DataError(f"no images found under {folder} for the selected classes", "check the folder layout")
-        return ImageSet(torch.from_numpy(np.stack(images)), torch.tensor(labels), tuple(classes), self.name)
+            raise DataError(
+                f"no images found under {folder} for the selected classes",
+                "check the folder layout",
+            )
+        return ImageSet(
+            torch.from_numpy(np.stack(images)), torch.tensor(labels), tuple(classes), self.name
+        )

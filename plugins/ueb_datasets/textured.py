@@ -25,6 +25,7 @@ import torch
 from ueb.errors import ConfigError, DataError
 from ueb.imageset import ImageSet
 from ueb.interfaces import Dataset, Splits
+from ueb.params import bounded
 from ueb_datasets.embedded import EmbeddedFashionMNIST
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "brick", "grass", "gravel")
@@ -36,9 +37,9 @@ class TexturedFashionMNIST(Dataset):
     @dataclass(frozen=True)
     class Params:
         photos: tuple[str, ...] = PHOTOS
-        photo_size: int = 96
-        opaque_at: int = 64
-        seed: int = 0
+        photo_size: int = bounded(96, ge=32)
+        opaque_at: int = bounded(64, ge=1, le=255)
+        seed: int = bounded(0, ge=0)
 
     def __init__(self, params: Params | None = None, name: str | None = None) -> None:
         super().__init__(params, name)
