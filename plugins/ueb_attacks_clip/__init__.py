@@ -5,4 +5,9 @@ from ueb.hookspecs import hookimpl
 
 @hookimpl
 def register_poisoners(register):
-    pass
+    register(
+        "uc",
+        "ueb_attacks_clip.uc:UnlearnableClusters",
+        summary="UC, Unlearnable Clusters (Zhang et al., CVPR 2023): label-agnostic cluster-wise generator noise on local CLIP features, Linf 16/255",
+        family="generative",
+    )

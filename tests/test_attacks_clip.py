@@ -1,0 +1,139 @@
+"""UC and 14A on a tiny random CLIP model saved into a temporary folder (no weights fetched)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from ueb_attacks_clip.uc import UnlearnableClusters
+
+from ueb.errors import ConfigError
+from ueb.params import parse_params
+from ueb.registry import get_registry
+from ueb.testing import check_poisoner, make_imageset, make_run_context
+
+SMOKE_UC = UnlearnableClusters.presets["smoke"]
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised CLIP (1 layer, width 16, 32x32 input) with its processor."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    chars = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars])}
+    start, end = len(vocab), len(vocab) + 1
+    vocab.update({"<|startoftext|>": start, "<|endoftext|>": end})
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    tiny = {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+    }
+    config = CLIPConfig(
+        text_config={**tiny, "vocab_size": len(vocab), "max_position_embeddings": 64,
+                     "bos_token_id": start, "eos_token_id": end, "pad_token_id": end},
+        vision_config={**tiny, "image_size": 32, "patch_size": 8},
+        projection_dim=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def uc_params(clip_dir: Path, **extra: object) -> dict[str, object]:
+    return {**SMOKE_UC, "clip_path": str(clip_dir), **extra}
+
+
+# ---------------------------------------------------------------------------------------- UC
+
+
+def test_uc_keeps_the_contract_on_a_tiny_clip(clip_dir: Path, tmp_path: Path) -> None:
+    poisoned = check_poisoner(UnlearnableClusters, params=uc_params(clip_dir), workdir=tmp_path)
+    clean = make_imageset(per_class=10, num_classes=4)
+    delta = poisoned.images.to(torch.int16) - clean.images.to(torch.int16)
+    assert int(delta.abs().max()) <= 16  # Linf 16/255 after rounding
+    assert int(delta.abs().max()) >= 8  # and the generator's tanh output uses the budget
+
+
+def test_uc_gives_one_perturbation_per_cluster(clip_dir: Path, tmp_path: Path) -> None:
+    train = make_imageset(per_class=6, num_classes=3)
+    p = parse_params(UnlearnableClusters.Params, uc_params(clip_dir), "uc")
+    uc = UnlearnableClusters(p, name="uc")
+    out = uc.poison(train, make_run_context(tmp_path))
+    sizes = uc.report()["cluster_sizes"]
+    assert sum(sizes) == len(train) and len(sizes) == SMOKE_UC["num_clusters"]
+    assert all(s > 0 for s in sizes)
+    # where nothing is clipped, images of one cluster differ from their clean image by one delta
+    x = train.float01()
+    unclipped = (out > 0) & (out < 1) & (x + 16 / 255 < 1) & (x - 16 / 255 > 0)
+    diffs = {}
+    ca = uc.assignment
+    assert ca is not None
+    for i in range(len(train)):
+        d = torch.where(unclipped[i], out[i] - x[i], torch.nan)
+        diffs.setdefault(int(ca[i]), []).append(d)
+    for members in diffs.values():
+        ref = members[0]
+        for d in members[1:]:
+            both = ~(ref.isnan() | d.isnan())
+            assert torch.allclose(ref[both], d[both], atol=1e-5)
+
+
+def test_uc_is_label_agnostic(clip_dir: Path, tmp_path: Path) -> None:
+    train = make_imageset(per_class=8, num_classes=4)
+    shuffled = torch.randperm(len(train), generator=torch.Generator().manual_seed(3))
+    relabelled = type(train)(train.images, train.labels[shuffled], train.classes, train.name)
+    p = parse_params(UnlearnableClusters.Params, uc_params(clip_dir), "uc")
+    a = UnlearnableClusters(p).poison(train, make_run_context(tmp_path / "a", seed=5))
+    b = UnlearnableClusters(p).poison(relabelled, make_run_context(tmp_path / "b", seed=5))
+    assert torch.equal(a, b)
+    c = UnlearnableClusters(p).poison(train, make_run_context(tmp_path / "c", seed=6))
+    assert not torch.equal(a, c)  # another seed, another poison
+
+
+def test_uc_preflight_names_the_parameter(tmp_path: Path) -> None:
+    uc = UnlearnableClusters(name="uc")
+    with pytest.raises(ConfigError) as info:
+        uc.preflight()
+    assert "clip_path" in info.value.line() and "save_pretrained" in info.value.line()
+    assert "\n" not in info.value.line()
+    empty = UnlearnableClusters(UnlearnableClusters.Params(clip_path=str(tmp_path)), name="uc")
+    with pytest.raises(ConfigError, match="holds no saved CLIP model"):
+        empty.preflight()
+
+
+def test_uc_identity_follows_the_weights(clip_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "clip"
+    shutil.copytree(clip_dir, copy)
+    uc = UnlearnableClusters(UnlearnableClusters.Params(clip_path=str(copy)), name="uc")
+    before = uc.input_identity()
+    assert json.dumps(before) and "model.safetensors" in before["clip_files"]
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    assert uc.input_identity() != before
+
+
+def test_uc_rejects_bad_settings() -> None:
+    for bad in (
+        {"eps": 0},
+        {"num_clusters": 1},
+        {"num_clusters": 4, "target_offset": 4},
+        {"epochs": 0},
+    ):
+        with pytest.raises(ConfigError):
+            parse_params(UnlearnableClusters.Params, bad, "uc")
+
+
+def test_registered_with_a_family() -> None:
+    entry = get_registry().entries["poisoner"]["uc"]
+    assert entry.meta.get("family") == "generative"
