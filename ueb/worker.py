@@ -68,6 +68,17 @@ def mix_poison(clean: ImageSet, poisoned: ImageSet, fraction: float, seed: int) 
     return poisoned.with_images(images, poison_fraction=fraction)
 
 
+def on_grid(images: ImageSet) -> ImageSet:
+    """Float images that lie exactly on the 8-bit grid as uint8: the trainer computes the very
+    same floats from them, and equal images get equal bytes, so a data stage that changed
+    nothing (a 0.1-sigma blur, grayscale of grey images) shares vanilla's training."""
+    if images.images.dtype != torch.uint8:
+        grid = images.uint8()
+        if torch.equal(grid.float().div_(255.0), images.images):
+            return images.with_images(grid)
+    return images
+
+
 class PoisonerFailure(UebError):
     """A poisoner raised while generating its poison."""
 
@@ -281,7 +292,10 @@ class CellWorker:
             mixed = mix_poison(splits.train, poisoned.images, cell.fraction, cell.seed)
             self._data_stage_memo = (
                 memo_key,
-                (cm.transform_train_set(mixed, ctx), cm.transform_test_set(splits.test, ctx)),
+                (
+                    on_grid(cm.transform_train_set(mixed, ctx)),
+                    on_grid(cm.transform_test_set(splits.test, ctx)),
+                ),
             )
         train, test = self._data_stage_memo[1]
         key = self.training_key(cell, cm, cm_spec, train, test)
