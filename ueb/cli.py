@@ -425,7 +425,7 @@ def list_(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """List what the installed plugins provide."""
+    """List what the installed plugins provide; poisoners by family, and what `all` leaves out."""
     from ueb.registry import KINDS
 
     registry = _registry()
@@ -434,28 +434,13 @@ def list_(
             f"unknown kind '{kind}'", "use poisoners, countermeasures, victims or datasets"
         )
     kinds = [KIND_ALIASES[kind]] if kind else list(KINDS)
-    rows = []
-    for k in kinds:
-        for e in (registry.entries[k][n] for n in registry.names(k)):
-            meta = {m: str(v) for m, v in e.meta.items()}
-            if k == "countermeasure":
-                meta["stage"] = str(e.stage())
-            rows.append(
-                {
-                    "kind": k,
-                    "name": e.name,
-                    "summary": e.summary,
-                    "plugin": e.plugin,
-                    "distribution": e.distribution,
-                    **meta,
-                }
-            )
+    rows = [_list_row(registry, k, n) for k in kinds for n in registry.ordered_names(k)]
     out = Output(json_mode=as_json)
     if as_json:
         out.json(rows)
         return
-    # One table per kind, with only the columns that say something, so that the summary keeps
-    # a readable width in an 80-column terminal.
+    # One table per kind (poisoners: per family), with only the columns that say something, so
+    # that the summary keeps a readable width in an 80-column terminal.
     several_dists = len({r["distribution"] for r in rows}) > 1
     for k in kinds:
         mine = [r for r in rows if r["kind"] == k]
@@ -464,10 +449,66 @@ def list_(
         columns = [
             "name",
             *(["stage"] if k == "countermeasure" else []),
+            "not in all",
             "summary",
             *(["distribution"] if several_dists else []),
         ]
-        out.rows(mine, columns=columns, title=f"{k}s ({len(mine)})", wrap="summary")
+        groups = _family_groups(mine) if k == "poisoner" else [("", mine)]
+        for family, group in groups:
+            title = f"{k}s: {family} ({len(group)})" if family else f"{k}s ({len(group)})"
+            if k == "poisoner" and not family:
+                title = f"{k}s: no family ({len(group)})" if len(groups) > 1 else title
+            shown = [{**r, "not in all": r["not_in_all"] or ""} for r in group]
+            if not any(r["not_in_all"] for r in group):
+                shown = [{c: v for c, v in r.items() if c != "not in all"} for r in shown]
+            out.rows(shown, columns=columns, title=title, wrap="summary")
+    reasons = {r["not_in_all"] for r in rows if r["not_in_all"]}
+    if reasons:
+        import textwrap
+
+        legend = "not in all: " + "; ".join(
+            _NOT_IN_ALL[r] for r in ("hidden", "third-party") if r in reasons
+        )
+        out.info(textwrap.fill(legend, width=max(40, out.console.width)))
+
+
+_NOT_IN_ALL = {
+    "hidden": "hidden = kept out by its registration (reference rows, controls, variants), "
+    "select it by name",
+    "third-party": "third-party = from another distribution, select it with all+, its name, "
+    "a glob or family:NAME",
+}
+
+
+def _list_row(registry: Any, kind: str, name: str) -> dict[str, Any]:
+    """One `ueb list` row: the entry, its listing facts and whether `all` selects it."""
+    e = registry.entries[kind][name]
+    meta = {m: str(v) for m, v in e.meta.items()}
+    if kind == "countermeasure":
+        meta["stage"] = str(e.stage())
+    reason = registry.left_out_of_all(kind, name)
+    return {
+        "kind": kind,
+        "name": e.name,
+        "summary": e.summary,
+        "plugin": e.plugin,
+        "distribution": e.distribution,
+        **meta,
+        "in_all": reason is None,
+        "not_in_all": reason,
+    }
+
+
+def _family_groups(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Rows grouped by `family`: the built-in families in their documented order, then any
+    other family by name, then the rows without one; rows keep their order in a group."""
+    from ueb.registry import FAMILIES
+
+    found = {str(r.get("family", "")) for r in rows}
+    order = [f for f in FAMILIES if f in found]
+    order += sorted(f for f in found if f and f not in FAMILIES)
+    order += [""] if "" in found else []
+    return [(f, [r for r in rows if str(r.get("family", "")) == f]) for f in order]
 
 
 @app.command()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ueb.errors import ConfigError, PluginError
 from ueb.params import closest, parse_params
-from ueb.plugins import PluginHost, get_host
+from ueb.plugins import PluginHost, canonical_distribution, get_host
 
 if TYPE_CHECKING:
     from ueb.interfaces import PluginProvider
@@ -28,6 +28,21 @@ HOOKS = {
     "detector": "register_detectors",
 }
 PLURAL = {k: k + "s" for k in KINDS}
+
+# The distribution whose plugins `all` selects (see Registry.select).
+OWN_DISTRIBUTION = "ueb"
+ALL_PLUS = "all+"
+FAMILY_PREFIX = "family:"
+# The poisoner families built-in registrations use (`register(..., family=...)`); a third
+# party may declare another, which `family:NAME` and `ueb list` then show like these.
+FAMILIES = (
+    "error-minimising",
+    "error-maximising",
+    "surrogate-free",
+    "generative",
+    "contrastive",
+    "reference",
+)
 
 
 @dataclass(frozen=True)
@@ -177,20 +192,34 @@ class Registry:
         return name
 
     def select(self, kind: str, patterns: Iterable[str]) -> list[str]:
-        """Resolve names, comma lists, globs and 'all' into registered names (order kept)."""
+        """Resolve names, comma lists, globs, `family:NAME`, `all` and `all+` into registered
+        names (order kept, each name once).
+
+        `all` is ueb's own distribution only, so installing a plugin package never changes
+        what `all` selects (nor the hash of a run directory); `all+` adds every other
+        distribution's names after ueb's. Names a registration keeps out of `all`
+        (`hidden_from_all=True`) stay out of `all+` too; a name, a glob or a family selects them.
+        Globs and families match every distribution, ueb's names first.
+        """
         chosen: list[str] = []
         for raw in patterns:
             for pat in (p.strip() for p in raw.split(",")):
                 if not pat:
                     continue
-                if pat == "all":
+                if pat in ("all", ALL_PLUS):
                     matches = [
                         n
-                        for n in self.names(kind)
-                        if not self.entries[kind][n].meta.get("hidden_from_all")
+                        for n in self.ordered_names(kind)
+                        if self.left_out_of_all(kind, n) is None
+                        or (
+                            pat == ALL_PLUS
+                            and not self.entries[kind][n].meta.get("hidden_from_all")
+                        )
                     ]
+                elif pat.startswith(FAMILY_PREFIX):
+                    matches = self._family(kind, pat[len(FAMILY_PREFIX) :].strip())
                 elif any(ch in pat for ch in "*?["):
-                    matches = [n for n in self.names(kind) if fnmatch.fnmatchcase(n, pat)]
+                    matches = [n for n in self.ordered_names(kind) if fnmatch.fnmatchcase(n, pat)]
                     if not matches:
                         raise ConfigError(
                             f"no {kind} matches '{pat}'", f"see `ueb list {PLURAL[kind]}`"
@@ -201,8 +230,56 @@ class Registry:
                 chosen.extend(m for m in matches if m not in chosen)
         return chosen
 
+    def ordered_names(self, kind: str) -> list[str]:
+        """ueb's own names in registration order, then each other distribution's (by name)."""
+        names = self.names(kind)
+        own = [n for n in names if is_own(self.entries[kind][n])]
+        others = sorted(
+            (n for n in names if not is_own(self.entries[kind][n])),
+            key=lambda n: (self.entries[kind][n].distribution, names.index(n)),
+        )
+        return own + others
+
+    def left_out_of_all(self, kind: str, name: str) -> str | None:
+        """Why `all` does not select `name` ('hidden', 'third-party'), or None if it does."""
+        entry = self.entries[kind][name]
+        if entry.meta.get("hidden_from_all"):
+            return "hidden"
+        return None if is_own(entry) else "third-party"
+
+    def families(self, kind: str) -> list[str]:
+        """The families the registrations of `kind` declare, in order of first appearance."""
+        found: list[str] = []
+        for n in self.ordered_names(kind):
+            family = self.entries[kind][n].meta.get("family")
+            if family and family not in found:
+                found.append(str(family))
+        return found
+
+    def _family(self, kind: str, family: str) -> list[str]:
+        matches = [
+            n
+            for n in self.ordered_names(kind)
+            if self.entries[kind][n].meta.get("family") == family
+        ]
+        if not matches:
+            known = self.families(kind)
+            hint = closest(family, known)
+            fix = (
+                f"did you mean '{FAMILY_PREFIX}{hint}'?"
+                if hint
+                else f"families: {', '.join(known) or 'none registered'}"
+            )
+            raise ConfigError(f"no {kind} has family '{family}'", fix)
+        return matches
+
 
 _registry: Registry | None = None
+
+
+def is_own(entry: Entry) -> bool:
+    """Whether an entry comes from ueb's own distribution (what `all` selects)."""
+    return canonical_distribution(entry.distribution) == OWN_DISTRIBUTION
 
 
 def variant_name(base: str, values: Mapping[str, Any]) -> str:

@@ -13,12 +13,14 @@ def register_poisoners(register):
         "deephiding",
         "ueb_deephiding.poisoner:DeepHiding",
         summary="DH(C), Deep Hiding class-wise (Meng et al. 2024): one semantic image per class hidden by an invertible network, Linf 8/255",
+        family="generative",
     )
     register(
         "deephiding-s",
         "ueb_deephiding.poisoner:DeepHiding",
         summary="DH(S), Deep Hiding sample-wise: each image hides a member of its class's semantic group, Linf 8/255",
         defaults={"mode": "sample"},
+        family="generative",
     )
 
 
