@@ -1,8 +1,35 @@
-"""Countermeasures published since 2023: purification, interpolation, filtering, schedules."""
+"""Countermeasures published since 2023: purification, interpolation, filtering, schedules.
+
+Targets are "module:Class" strings, so listing them never imports torch.
+docs/countermeasures-defences.md gives each method's source, threat model and settings.
+"""
 
 from ueb.hookspecs import hookimpl
 
 
 @hookimpl
 def register_countermeasures(register):
-    pass
+    register(
+        "coin",
+        "ueb_defences.coin:Coin",
+        summary="COIN (Wang et al., AAAI'25): random pixel interpolation, alpha 2, every step; plain track (poisoned data only)",
+        stage="train",
+    )
+    register(
+        "rsk-ff",
+        "ueb_defences.rsk:RskFF",
+        summary="RSK+FF (Kim & Sandoval-Segura, AdvML-Frontiers@NeurIPS'24): random sharpening kernel, then 30% DCT low-pass; plain track",
+        stage="train",
+    )
+    register(
+        "udp-sda",
+        "ueb_defences.udp:UdpSda",
+        summary="UDP SDA+AN (Zhu, Yu & Gao, AAAI'24): noise from an adversarially trained 2-layer net, then stronger augmentation; plain track",
+        stage="protocol",
+    )
+    register(
+        "early-stopping",
+        "ueb_defences.early_stopping:EarlyStopping",
+        summary="Early stopping on a held-out 10% of the training data, patience 10 (after Sandoval-Segura et al. 2022); plain track, no test labels",
+        stage="protocol",
+    )
