@@ -251,33 +251,35 @@ def _dh_run(tmp_path, values, name="run"):
 def test_seedless_entries_compare_the_seed_mean_within_the_seeds_spread(tmp_path):
     baseline = bl.load(_paper_like(tmp_path))
     # Seeds 12 and 16: the mean 14.0 is 3.92 from 10.08. Seed 1 alone is 5.92 away, beyond the
-    # tolerance of 5; the seed mean is held to max(5, 2 sqrt(s^2/2 + s^2/1)) = 6.93.
+    # tolerance of 5; the seed mean is held to the 95% Welch half-width of the difference, the
+    # seedless side borrowing the run's s (df 1): t(0.975, 1) sqrt(8) sqrt(1/2 + 1) = 44.0.
     result = bl.compare(_dh_run(tmp_path, [(0, 12.0), (1, 16.0)]), baseline)
     assert (result.within, result.moved, result.compared, result.baseline_cells) == (1, [], 1, 1)
     assert result.missing_in_run == [] and result.missing_in_baseline == []
-    assert bl.allowed_delta(5, 2, [12.0, 16.0], [10.08]) == pytest.approx(
-        2 * math.sqrt(8 / 2 + 8 / 1)
-    )
-    far = bl.compare(_dh_run(tmp_path, [(0, 20.0), (1, 24.0)], "far"), baseline)
+    allowed = 12.706 * math.sqrt(8) * math.sqrt(1 / 2 + 1)
+    assert bl.allowed_delta(5, 1, [12.0, 16.0], [10.08]) == pytest.approx(allowed, rel=1e-4)
+    assert bl.allowed_delta(5, 2, [12.0, 16.0], [10.08]) == pytest.approx(2 * allowed, rel=1e-4)
+    far = bl.compare(_dh_run(tmp_path, [(0, 60.0), (1, 64.0)], "far"), baseline)
     (m,) = far.moved
     assert (m.seeds, m.run_value, m.run_std, m.run_n, m.delta) == (
         [0, 1],
-        22.0,
+        62.0,
         pytest.approx(2.83, abs=0.01),
         2,
-        pytest.approx(11.92),
+        pytest.approx(51.92),
     )
-    assert m.allowed == pytest.approx(6.93, abs=0.01) and m.label().endswith("| seeds 0, 1")
+    assert m.allowed == pytest.approx(allowed, abs=0.01) and m.label().endswith("| seeds 0, 1")
 
 
 def test_one_seed_on_each_side_is_held_to_the_tolerance_alone():
-    assert bl.allowed_delta(1.0, 2.0, [50.0], [52.0]) == 1.0
-    # One side with seeds lends its spread to the other: both measure the same seed noise.
-    assert bl.allowed_delta(1.0, 2.0, [50.0], [50.0, 52.0, 54.0]) == pytest.approx(
-        2 * math.sqrt(4 / 1 + 4 / 3)
+    assert bl.allowed_delta(1.0, 1.0, [50.0], [52.0]) == 1.0
+    # One side with seeds lends its spread (and its degrees of freedom) to the other: both
+    # measure the same seed noise. t(0.975, 2) * 2 * sqrt(1 + 1/3) = 9.94.
+    assert bl.allowed_delta(1.0, 1.0, [50.0], [50.0, 52.0, 54.0]) == pytest.approx(
+        4.303 * 2 * math.sqrt(1 / 1 + 1 / 3), rel=1e-4
     )
     assert (
-        bl.allowed_delta(9.0, 2.0, [50.0, 51.0], [50.0, 51.0]) == 9.0
+        bl.allowed_delta(9.0, 1.0, [50.0, 51.0], [50.0, 51.0]) == 9.0
     )  # spread never narrows the tolerance
 
 
@@ -291,7 +293,7 @@ def test_a_multi_seed_baseline_compares_seed_means(tmp_path):
         tmp_path / "b",
     )
     # Every seed moved by 2.5 points (more than the tolerance of 1), the mean too; the seeds'
-    # spread allows 2 sqrt(4/3 + 4/3) = 3.27.
+    # spread allows the 95% Welch half-width t(0.975, 4) sqrt(4/3 + 4/3) = 4.53.
     shifted = _make_run(
         tmp_path / "run",
         [_record(i, "em", "vanilla", acc + 2.5, seed=s) for i, (s, acc) in enumerate(seeds)],
@@ -301,15 +303,15 @@ def test_a_multi_seed_baseline_compares_seed_means(tmp_path):
     text = " ".join(ok.output.split())
     assert (
         "compared 1 of 1 baseline cells (100%)" in text
-        and "2 x sqrt(s_run^2/n_run + s_base^2/n_base)" in text
+        and "1 x the 95% Welch half-width of the difference" in text
     )
-    tight = _cli("check", str(shifted), "--baseline", str(base), "--spread-k", "1", "--json")
+    tight = _cli("check", str(shifted), "--baseline", str(base), "--spread-k", "0.5", "--json")
     report = json.loads(tight.output)
     assert (
         tight.exit_code == 1
         and report["moved"][0]["cell"] == "fashion-mnist | em | vanilla | fastnet | seeds 0, 1, 2"
     )
-    assert report["moved"][0]["allowed"] == "1.63" and report["spread_k"] == 1.0
+    assert report["moved"][0]["allowed"] == "2.27" and report["spread_k"] == 0.5
 
 
 def test_an_empty_run_fails_with_one_line(tmp_path):

@@ -16,7 +16,6 @@ from ueb.report import (
     RENDERERS,
     build_table,
     pivot_by_victim,
-    t975,
     to_csv,
     to_json,
     to_latex,
@@ -24,6 +23,7 @@ from ueb.report import (
     to_rich,
     within_noise,
 )
+from ueb.stats import t975
 from ueb.store import CellRecord
 
 CONFIG = {"countermeasures": ["vanilla", "jpeg10"], "poisoners": ["clean", "ops", "em"]}
@@ -97,7 +97,7 @@ def row(t, name):
 # --------------------------------------------------------------------------- statistics
 
 
-def test_cells_are_mean_and_sample_std_over_seeds_with_the_seed_count():
+def test_cells_are_mean_and_95_percent_t_interval_over_seeds_with_the_seed_count():
     ops = row(table(), "ops")
     v = ops.cells["vanilla"]
     assert (v.mean, v.std, v.n) == (
@@ -105,8 +105,8 @@ def test_cells_are_mean_and_sample_std_over_seeds_with_the_seed_count():
         pytest.approx(statistics.stdev(OPS["vanilla"])),
         3,
     )
-    assert v.text() == "32.00 ± 2.00 n=3 L2/3"
-    assert v.ci95 == pytest.approx(4.303 * 2.0 / 3**0.5)
+    assert v.ci95 == pytest.approx(4.303 * 2.0 / 3**0.5, rel=1e-4)  # 4.97
+    assert v.text() == "32.00 ± 4.97 n=3 L2/3"
 
 
 def test_a_single_seed_shows_n1_and_no_spread():
@@ -175,13 +175,30 @@ def test_values_within_noise_of_the_clean_row_are_marked():
     assert not any(v.near_clean for v in row(t, "clean").cells.values())
 
 
-def test_the_within_noise_rule_is_welch_style_two_standard_errors():
+def test_the_within_noise_rule_is_the_95_percent_welch_interval_of_the_difference():
     from ueb.report import Value
 
-    a, b = Value(10.0, 1.0, 4), Value(11.0, 1.0, 4)  # 2·sqrt(1/4 + 1/4) = 1.414
+    # equal spreads, n = 4 each: df = 6, t = 2.447, se = sqrt(1/4 + 1/4) = 0.707: 1.730
+    a, b = Value(10.0, 1.0, 4), Value(11.7, 1.0, 4)
     assert within_noise(a, b)
-    assert not within_noise(Value(10.0, 1.0, 4), Value(11.5, 1.0, 4))
+    assert not within_noise(Value(10.0, 1.0, 4), Value(11.75, 1.0, 4))
     assert not within_noise(Value(10.0, 0.0, 1), Value(10.0, 0.0, 1))
+    # unequal spreads: the Welch-Satterthwaite df (here 3.2), not n_a + n_b - 2
+    from ueb.stats import difference_half_width
+
+    scipy_stats = pytest.importorskip("scipy.stats")
+    va, vb = 4.0 / 4, 0.25 / 4
+    df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 3)
+    want = scipy_stats.t.ppf(0.975, df) * (va + vb) ** 0.5
+    assert difference_half_width(2.0, 4, 0.5, 4) == pytest.approx(want, rel=2e-3)
+
+
+def test_a_cell_wider_than_the_resolution_is_marked_unresolved():
+    from ueb.report import Value
+
+    wide = Value(34.7, 3.2, 3)  # 95% half-width 7.95 > 5 points
+    assert wide.main() == "34.70 ± 7.95?" and not wide.resolved
+    assert Value(87.0, 0.4, 3).main() == "87.00 ± 0.99" and Value(87.0, 0.4, 3).resolved
 
 
 # --------------------------------------------------------------------------- every format
@@ -194,16 +211,16 @@ def test_every_format_shows_spread_seed_count_latches_and_the_rules():
     console.print(to_rich(t, 200))
     terminal = console.export_text()
     for text in (md, terminal, html):
-        assert "32.00 ± 2.00" in text and "n=3" in text and "L2/3" in text and "≈85.27" in text
+        assert "32.00 ± 4.97" in text and "n=3" in text and "L2/3" in text and "≈85.27" in text
         assert (
-            "sample std (n-1)" in text
+            "95% Student-t interval" in text
             and "Welch" in text
             and "latched in k of the m probed seeds" in text
         )
     assert (
-        "32.00 $\\pm$ 2.00 n=3 L2/3" in tex
+        "32.00 $\\pm$ 4.97 n=3 L2/3" in tex
         and "$\\approx$85.27" in tex
-        and "sample std (n-1)" in tex
+        and "95\\% Student-t interval" in tex
     )
     data = json.loads(to_json(t))
     cell = data["rows"][1]["cells"]["vanilla"]
@@ -294,7 +311,7 @@ def test_the_victim_pivot_carries_spread_and_splits_configurations():
     recs = records() + [rec("ops", "vanilla", s, 50.0 + s, victim="vgg19") for s in range(3)]
     t = pivot_by_victim(recs, "vanilla", "final", {"victims": ["resnet18", "vgg19"]})
     ops = row(t, "ops")
-    assert ops.cells["vgg19"].text() == "51.00 ± 1.00 n=3" and ops.cells["resnet18"].n == 3
+    assert ops.cells["vgg19"].text() == "51.00 ± 2.48 n=3" and ops.cells["resnet18"].n == 3
     assert "Countermeasure" in to_markdown(t)
 
 

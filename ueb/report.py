@@ -3,15 +3,16 @@ countermeasure, then Mean and Max over the countermeasures; test accuracy in %.
 
 Every cell carries its uncertainty, in every format:
 
-- a cell is the mean ± the sample standard deviation (n-1) over its seeds, with the seed count
-  (`94.31 ± 0.20 n=3`; one seed: `94.31 n=1`, no spread). JSON and CSV add the half-width of
-  the 95% t-interval (`ci95`);
+- a cell is the mean ± the half-width of its 95% Student-t interval over its seeds, with the
+  seed count (`94.31 ± 0.50 n=3`; one seed: `94.31 n=1`, no interval); `?` marks a cell whose
+  half-width is above 5 points, which this budget does not resolve (ueb/stats.py). JSON and
+  CSV give the mean, the sample std, `ci95`, n and every seed's value;
 - Mean and Max are taken over the countermeasures within each seed, then summarised over the
   seeds the same way, so their spread is the seed-to-seed spread of the value shown. They use
   the countermeasures every such seed has; `*` marks a Mean/Max over fewer countermeasures than
   the table's columns (failed or missing cells);
-- `≈` marks a poisoned row's value within noise of the clean row's: |Δ| <= 2·sqrt(s²/n +
-  s_clean²/n_clean) (a Welch-style ~95% rule; both sides need n >= 2);
+- `≈` marks a poisoned row's value within noise of the clean row's: |Δ| inside the 95% Welch
+  interval of the difference (ueb/stats.py; the same rule `ueb check` applies);
 - `L k/m` (class-wise poisoners): the shortcut probe latched in k of the m probed seeds;
 - `err=k`: k seeds of the cell failed; a cell that only failed shows `err`, one not run `-`.
 
@@ -31,39 +32,23 @@ import csv
 import hashlib
 import io
 import json
-import math
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from ueb.stats import RESOLUTION_POINTS, difference_half_width, half_width
 from ueb.store import CellRecord
 
 Metric = Literal["final", "peak"]
 
 NEAR = "≈"
 LATCH = "L"
-NOISE_K = 2.0  # the ≈ rule's multiple of the standard error of the difference
+UNRESOLVED = "?"
 SUMMARIES = ("Mean", "Max")
 
 
 # --------------------------------------------------------------------------- statistics
-
-# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
-
-
-def t975(df: int) -> float:
-    """The 97.5% quantile of Student's t (table to 30 degrees of freedom, then the
-    Cornish-Fisher expansion around the normal quantile, accurate to 1e-3)."""
-    if df < 1:
-        raise ValueError("degrees of freedom must be >= 1")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
 @dataclass
@@ -86,17 +71,26 @@ class Value:
     @property
     def ci95(self) -> float | None:
         """Half-width of the 95% t-interval of the mean (None below two seeds)."""
-        if self.mean is None or self.std is None or self.n < 2:
+        if self.mean is None:
             return None
-        return t975(self.n - 1) * self.std / math.sqrt(self.n)
+        return half_width(self.std, self.n)
+
+    @property
+    def resolved(self) -> bool:
+        """False when the 95% half-width is above RESOLUTION_POINTS (or unknown at n=1)."""
+        hw = self.ci95
+        return hw is not None and hw <= RESOLUTION_POINTS
 
     def main(self, digits: int = 2) -> str:
-        """The number: `≈10.29 ± 0.30*`, `err` or `-`."""
+        """The number: `≈10.29 ± 0.74*`, `34.68 ± 8.02?`, `err` or `-`."""
         if self.mean is None:
             return "err" if self.failed else "-"
         s = f"{self.mean:.{digits}f}"
-        if self.n > 1 and self.std is not None:
-            s += f" ± {self.std:.{digits}f}"
+        hw = self.ci95
+        if hw is not None:
+            s += f" ± {hw:.{digits}f}"
+            if hw > RESOLUTION_POINTS:
+                s += UNRESOLVED
         return (NEAR if self.near_clean else "") + s + ("*" if self.incomplete else "")
 
     def detail(self) -> str:
@@ -119,11 +113,13 @@ def summarise(values: Sequence[float], **markers: Any) -> Value:
     return Value(statistics.fmean(values), std, len(values), **markers)
 
 
-def within_noise(a: Value, b: Value, k: float = NOISE_K) -> bool:
-    """|a - b| <= k·sqrt(sa²/na + sb²/nb); False when either side has fewer than two seeds."""
+def within_noise(a: Value, b: Value) -> bool:
+    """|a - b| inside the 95% Welch interval of the difference (ueb.stats); False when either
+    side has fewer than two seeds."""
     if a.mean is None or b.mean is None or a.std is None or b.std is None or min(a.n, b.n) < 2:
         return False
-    return abs(a.mean - b.mean) <= k * math.sqrt(a.std**2 / a.n + b.std**2 / b.n) + 1e-9
+    hw = difference_half_width(a.std, a.n, b.std, b.n)
+    return hw is not None and abs(a.mean - b.mean) <= hw + 1e-9
 
 
 # --------------------------------------------------------------------------- the table
@@ -477,19 +473,24 @@ def _notes(table: ReportTable, near: bool) -> list[str]:
     values = [r.value(c) for r in table.rows for c in table.value_columns]
     seeds = ", ".join(map(str, table.seeds))
     notes = [
-        f"test accuracy (%), {table.metric} epoch; mean ± sample std (n-1) over seeds of one configuration, "
-        f"n = seeds (n=1: one seed, no spread); seeds {seeds or 'none'}",
-        "Mean/Max: over the countermeasures within each seed, then mean ± std over seeds"
+        f"test accuracy (%), {table.metric} epoch; mean ± half-width of the 95% Student-t interval over seeds of one configuration, "
+        f"n = seeds (n=1: one seed, no interval); seeds {seeds or 'none'}",
+        "Mean/Max: over the countermeasures within each seed, then mean ± 95% half-width over seeds"
         + (
             "; * = over fewer countermeasures than the columns (failed or missing cells)"
             if any(v.incomplete for v in values)
             else ""
         ),
     ]
+    if any(v.ci95 is not None and v.ci95 > RESOLUTION_POINTS for v in values):
+        notes.append(
+            f"{UNRESOLVED} = the 95% half-width is above {RESOLUTION_POINTS:g} points: "
+            "not resolved at this budget (more seeds, or a longer protocol)"
+        )
     if near:
         notes.append(
-            f"{NEAR} = within noise of the clean row (mean m0, std s0 over n0 seeds): |m - m0| <= {NOISE_K:g} sqrt(s^2/n + s0^2/n0), "
-            "a Welch-style rule of about 95% that needs n, n0 >= 2: not distinguishable from clean at these seeds"
+            f"{NEAR} = within noise of the clean row: the difference lies inside its 95% Welch interval "
+            "(t quantile at the Welch-Satterthwaite df; needs n, n0 >= 2): not distinguishable from clean at these seeds"
         )
     if any(v.probed for v in values):
         notes.append(f"{LATCH} k/m = the shortcut probe latched in k of the m probed seeds")

@@ -4,8 +4,9 @@ An entry is keyed by (dataset, poisoner, countermeasure, victim, seed, poison fr
 with `"seed": null` (the paper's tables, which give no seeds) matches a run cell of any seed.
 
 `compare` works per cell (the key without the seed): the run's mean over its seeds against the
-baseline's mean over its entries, allowed to differ by max(tolerance, k·sqrt(s_run²/n_run +
-s_base²/n_base)), so several seeds widen the tolerance by their own spread and never narrow it.
+baseline's mean over its entries, allowed to differ by max(tolerance, k × the 95% Welch
+half-width of the difference) (ueb/stats.py: the rule the table's `≈` mark uses too; k = 1 by
+default), so several seeds widen the tolerance by their own spread and never narrow it.
 It lists the cells that moved, cells the run failed, entries on one side only, and how many of
 the baseline's cells the run covered: a check that compared nothing cannot pass.
 
@@ -15,7 +16,6 @@ Pure Python: no torch, so `ueb check` starts fast and runs in CI without a model
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ueb.errors import ConfigError, UebError
+from ueb.stats import values_half_width
 from ueb.store import CellRecord
 
 SCHEMA = 1
@@ -265,7 +266,7 @@ def from_run(
 
 # --------------------------------------------------------------------------- comparison
 
-NOISE_K = 2.0  # multiple of the standard error of the difference a cell may move by
+NOISE_K = 1.0  # multiple of the 95% Welch half-width of the difference a cell may move by
 DEFAULT_MIN_COVERAGE = 1.0  # share of the baseline's cells a passing check must have compared
 
 CellKey = tuple[str, str, str, str, float]  # dataset, poisoner, countermeasure, victim, fraction
@@ -325,7 +326,7 @@ class Comparison:
     def rule(self) -> str:
         text = (
             f"a cell passes when |run mean - baseline mean| <= max({self.tolerance:g} points, "
-            f"{self.k:g} x sqrt(s_run^2/n_run + s_base^2/n_base)), s = sample std over seeds; "
+            f"{self.k:g} x the 95% Welch half-width of the difference), from the sample std over seeds; "
             "a side with one seed takes the other side's s, one seed on both sides: the tolerance alone"
         )
         return text + ("; a seedless baseline value counts as one seed" if self.seedless else "")
@@ -345,16 +346,10 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
 
 
 def allowed_delta(tolerance: float, k: float, run: Sequence[float], base: Sequence[float]) -> float:
-    """max(tolerance, k·sqrt(s_r²/n_r + s_b²/n_b)); a side with one value borrows the other
-    side's std (both measure the same seed noise); with one value on each side: the tolerance."""
-    s_r = statistics.stdev(run) if len(run) > 1 else None
-    s_b = statistics.stdev(base) if len(base) > 1 else None
-    if s_r is None and s_b is None:
-        return tolerance
-    s_r = s_b if s_r is None else s_r
-    s_b = s_r if s_b is None else s_b
-    assert s_r is not None and s_b is not None
-    return max(tolerance, k * math.sqrt(s_r**2 / len(run) + s_b**2 / len(base)))
+    """max(tolerance, k × the 95% Welch half-width of the difference, ueb.stats); a side with
+    one value borrows the other side's std; with one value on each side: the tolerance."""
+    hw = values_half_width(run, base)
+    return tolerance if hw is None else max(tolerance, k * hw)
 
 
 def _digest(r: CellRecord) -> str:

@@ -188,10 +188,10 @@ def check(
         float,
         typer.Option(
             "--spread-k",
-            help="With several seeds a cell may also move k x the standard error of the difference.",
+            help="With several seeds a cell may also move k x the 95% Welch half-width of the difference (the table's within-noise rule at k=1).",
             min=0.0,
         ),
-    ] = 2.0,
+    ] = 1.0,
     min_coverage: Annotated[
         float,
         typer.Option(
