@@ -1,8 +1,42 @@
-"""Poisoners published since 2023: CUDA, SEM, AUE/AAP, GUE, PUE."""
+"""Poisoners published since 2023: CUDA, SEM, AUE/AAP, GUE, PUE.
+
+Defaults are each method's official settings; docs/poisoners-modern.md gives the sources and
+what the smoke and quick presets change.
+"""
 
 from ueb.hookspecs import hookimpl
 
 
 @hookimpl
 def register_poisoners(register):
-    pass
+    register(
+        "cuda",
+        "ueb_attacks_modern.cuda:ConvolutionBasedUnlearnable",
+        summary="CUDA, class-wise random convolutions (Sadasivan, Soltanolkotabi, Feizi, CVPR 2023), unbounded, model-free",
+        family="surrogate-free",
+    )
+    register(
+        "sem",
+        "ueb_attacks_modern.sem:StableErrorMinimizing",
+        summary="SEM, stable error-minimising noise (Liu, Xu, Wang, Hu, AAAI 2024), sample-wise Linf 8/255",
+        family="error-minimising",
+    )
+    register(
+        "aue",
+        "ueb_attacks_modern.aue:AugmentedUnlearnable",
+        summary="AUE, augmented unlearnable examples (Wang, Zhu, Ge et al., NeurIPS 2024), sample-wise Linf 8/255",
+        family="contrastive",
+    )
+    register(
+        "aap",
+        "ueb_attacks_modern.aap:AugmentedAdversarialPoisoning",
+        summary="AAP, augmented adversarial poisoning, targeted (Wang, Zhu, Ge et al., NeurIPS 2024), sample-wise Linf 8/255",
+        family="error-maximising",
+    )
+    register(
+        "aap-untargeted",
+        "ueb_attacks_modern.aap:AugmentedAdversarialPoisoning",
+        summary="AAP, untargeted variant (Wang, Zhu, Ge et al., NeurIPS 2024), sample-wise Linf 8/255",
+        family="error-maximising",
+        defaults={"targeted": False},
+    )
