@@ -1,7 +1,8 @@
 """Integrity checks every poisoned set passes before any victim trains on it.
 
 Shape and dtype, no NaN, values in [0, 1], the declared budget after 8-bit rounding, and, for a
-poisoner that claims to be sample-wise, perturbations that really differ within a class.
+poisoner that claims to be sample-wise, perturbations that really differ within a class (not
+only where clipping to [0, 1] or to the budget acted).
 A violation raises IntegrityError naming the poisoner.
 
 Rounding tolerance: the stored poison is uint8, so a perturbation within eps before rounding
@@ -127,19 +128,50 @@ def check_budget(clean: torch.Tensor, poisoned: torch.Tensor, budget: Budget, wh
         )
 
 
-def check_sample_wise(clean: ImageSet, poisoned: torch.Tensor, who: str) -> None:
-    """A sample-wise poisoner must give different perturbations to images of one class."""
+def check_sample_wise(
+    clean: ImageSet, poisoned: torch.Tensor, who: str, budget: Budget | None = None
+) -> None:
+    """A sample-wise poisoner must give different perturbations to images of one class, and
+    not only where clipping made them differ.
+
+    Clipping-aware: one class-wise perturbation d, added to different images and clipped to
+    [0, 1] and to the budget's Linf radius, gives stored perturbations that differ exactly where
+    a clip acted. So each stored value is read as a bound on an underlying d at its position:
+    an unclipped value pins it (to within one 8-bit level, the rounding), a value at 255 or at
+    +eps says d >= value, a value at 0 or at -eps says d <= value. If, at every position, the
+    bounds of all images of some class can hold at once, one pattern per class explains that
+    class's poison, and the claim to be sample-wise fails.
+    """
     delta = poisoned.to(torch.int16) - clean.images.to(torch.int16)
+    poisoned16 = poisoned.to(torch.int16)
+    radius = _linf_levels(budget)
+    far = torch.tensor(1 << 12, dtype=torch.int16)
     for c in range(clean.num_classes):
         idx = torch.nonzero(clean.labels == c).flatten()
         if len(idx) < 2:
             continue
-        d = delta[idx].flatten(1)
-        if bool((d == d[0]).all()):
+        d, p = delta[idx], poisoned16[idx]
+        capped_high = p >= 255  # pushed down to 1: the underlying change was at least d
+        capped_low = p <= 0
+        if radius is not None:
+            capped_high = capped_high | (d >= radius)
+            capped_low = capped_low | (d <= -radius)
+        lower = torch.where(capped_low, -far, d).amax(0)  # the largest lower bound
+        upper = torch.where(capped_high, far, d).amin(0)  # the smallest upper bound
+        if bool((lower - upper <= 1).all()):
             raise IntegrityError(
-                f"{who} claims to be sample-wise but gives every image of class {c} the same perturbation",
-                "index the noise by sample, not by label (or declare the poisoner class-wise)",
+                f"{who} claims to be sample-wise but its perturbations of class {c} are one "
+                "pattern wherever clipping (to [0, 1] or the budget) did not act",
+                "index the perturbation by sample, not by label (or declare the poisoner class-wise)",
             )
+
+
+def _linf_levels(budget: Budget | None) -> float | None:
+    """The Linf radius in 8-bit levels, less half a level: a stored change at least this large
+    may be the clip's (None when the budget clips no single value)."""
+    if budget is None or budget.norm != "linf" or not math.isfinite(budget.eps):
+        return None
+    return budget.eps * 255 - 0.5 - 1e-6
 
 
 def check_poison(
@@ -150,7 +182,7 @@ def check_poison(
     clean_u8 = clean.uint8().cpu()
     check_budget(clean_u8, poisoned, budget, who)
     if sample_wise:
-        check_sample_wise(clean.with_images(clean_u8), poisoned, who)
+        check_sample_wise(clean.with_images(clean_u8), poisoned, who, budget)
     stats: dict[str, Any] = dict(perturbation_stats(clean_u8, poisoned))
     stats["budget"] = budget.describe()
     return poisoned, stats
