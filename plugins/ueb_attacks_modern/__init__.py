@@ -40,3 +40,9 @@ def register_poisoners(register):
         family="error-maximising",
         defaults={"targeted": False},
     )
+    register(
+        "gue",
+        "ueb_attacks_modern.gue:GameTheoreticUnlearnable",
+        summary="GUE, game-theoretic unlearnable example generator (Liu, Wang, Gao, AAAI 2024), U-Net generator, Linf 8/255",
+        family="generative",
+    )
