@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import tempfile
+import types
 import typing
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 
 from ueb.imageset import ImageSet
+from ueb.params import bounds_of
 
 if typing.TYPE_CHECKING:
     from torch import nn
@@ -378,11 +380,34 @@ def _check_params_class(cls: type) -> None:
             f"{name}.Params is not frozen; use @dataclass(frozen=True) (parameters are hashed into cache keys)"
         )
     try:
-        typing.get_type_hints(params_cls)
+        hints = typing.get_type_hints(params_cls)
     except Exception as exc:
         raise AssertionError(
             f"{name}.Params has annotations that cannot be resolved ({type(exc).__name__}: {exc}); import the types they name at module level"
         ) from exc
+    unbounded = [
+        f.name
+        for f in dataclasses.fields(params_cls)
+        if f.init and is_numeric(hints.get(f.name)) and bounds_of(f) is None
+    ]
+    if unbounded:
+        raise AssertionError(
+            f"{name}.Params has numeric parameters without a range: {', '.join(unbounded)}; "
+            "declare each with ueb.params.bounded(default, ge=/gt=/le=/lt=) so an out-of-range value stops the plan"
+        )
+
+
+def is_numeric(tp: Any) -> bool:
+    """int or float, alone, optional, or as the items of a list/tuple (bool is not numeric)."""
+    if tp in (int, float):
+        return True
+    origin = typing.get_origin(tp)
+    args = [a for a in typing.get_args(tp) if a is not type(None) and a is not Ellipsis]
+    if origin in (typing.Union, types.UnionType):
+        return any(is_numeric(a) for a in args)
+    if origin in (list, tuple):
+        return bool(args) and all(is_numeric(a) for a in args)
+    return False
 
 
 def _check_declarations(instance: Plugin, who: str) -> None:
@@ -534,7 +559,43 @@ def check_poisoner(
                 f"{who} is not deterministic: two runs with seed {seed} differ in {int((diff > 0).sum())} values (up to {int(diff.max())} levels); "
                 "draw all randomness from generators seeded by ctx.seed (or from torch's global RNG, which the framework seeds)"
             )
+        other_seed = _checked_poison(
+            train,
+            _poison_once(
+                type(poisoner)(poisoner.params, name=poisoner.name),
+                train,
+                root / "other-seed",
+                seed + 1,
+                device,
+                training,
+                who,
+            ),
+            budget,
+            sample_wise,
+            who,
+        )
+        check_seed_dependence(poisoner, poisoned, other_seed, seed, who)
     return train.with_images(poisoned, poison=poisoner.name)
+
+
+def check_seed_dependence(
+    poisoner: Any, poisoned: torch.Tensor, other: torch.Tensor, seed: int, who: str
+) -> None:
+    """Two seeds give two poisons, so a table's spread over seeds samples the poison too;
+    a poisoner that declares `deterministic = True` must give the same bytes for every seed."""
+    same = torch.equal(poisoned, other)
+    if getattr(type(poisoner), "deterministic", False):
+        if not same:
+            raise AssertionError(
+                f"{who} declares deterministic = True but seeds {seed} and {seed + 1} give different poisons; "
+                "drop the declaration (the seed is then part of what it samples)"
+            )
+        return
+    if same:
+        raise AssertionError(
+            f"{who} gives byte-identical poisons for seeds {seed} and {seed + 1}: the spread over seeds would not sample the poison; "
+            "draw every random choice (initialisation, batches, sampling) from ctx.seed, or declare `deterministic = True` if the method has no randomness"
+        )
 
 
 def _poison_once(

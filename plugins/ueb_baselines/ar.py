@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from ueb.errors import UebError
 from ueb.imageset import ImageSet
 from ueb.interfaces import Budget, Poisoner, RunContext
+from ueb.params import bounded
 
 PUBLISHED_FILE = "ar_published.json"  # the official repository's coefficient sets, as data
 SEARCH_BATCH = 256  # candidate processes drawn at once; part of the search's definition
@@ -309,18 +310,26 @@ class AutoregressivePerturbations(Poisoner):
 
     @dataclass(frozen=True)
     class Params:
-        eps: float = 1.0  # L2 norm of every perturbation (official --epsilon 1.0 --p_norm 2)
-        crop: int = 4  # generated at (H + crop, W + crop), first `crop` rows/columns dropped
+        eps: float = bounded(
+            1.0, gt=0
+        )  # L2 norm of every perturbation (official --epsilon 1.0 --p_norm 2)
+        crop: int = bounded(
+            4, ge=0
+        )  # generated at (H + crop, W + crop), first `crop` rows/columns dropped
         # published: the official set for 10 / 100 RGB classes (search for other counts)
         coefficients: Literal["published", "searched"] = "published"
         # None: 10 up to 10 classes, else 3 (the official coefficient sets)
-        required_nm_response: float | None = None
-        num_samples: int = 1_000_000  # most candidate processes the search may draw
-        num_gen_trials: int = 3
-        gen_norm_upper_bound: float = 50.0
-        search_size: int = 36  # the search's trial signals: 36 x 36 cropped by 4, at any image size
-        search_seed: int | None = None  # None: the run's seed; an int fixes the coefficients
-        max_redraws: int = 10  # per image, if a start gives a NaN/blank signal
+        required_nm_response: float | None = bounded(None, ge=0)
+        num_samples: int = bounded(1_000_000, ge=1)  # most candidate processes the search may draw
+        num_gen_trials: int = bounded(3, ge=1)
+        gen_norm_upper_bound: float = bounded(50.0, gt=0)
+        search_size: int = bounded(
+            36, ge=2
+        )  # the search's trial signals: 36 x 36 cropped by 4, at any image size
+        search_seed: int | None = bounded(
+            None, ge=0
+        )  # None: the run's seed; an int fixes the coefficients
+        max_redraws: int = bounded(10, ge=1)  # per image, if a start gives a NaN/blank signal
 
         def __post_init__(self) -> None:
             if self.eps <= 0:

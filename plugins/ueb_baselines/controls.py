@@ -22,6 +22,7 @@ import torch
 from ueb.errors import ConfigError
 from ueb.imageset import ImageSet
 from ueb.interfaces import Budget, Poisoner, RunContext
+from ueb.params import bounded
 
 
 class ClassWiseControl(Poisoner):
@@ -31,8 +32,8 @@ class ClassWiseControl(Poisoner):
 
     @dataclass(frozen=True)
     class Params:
-        eps: float = 8 / 255
-        block: int = 1
+        eps: float = bounded(8 / 255, gt=0, le=1)
+        block: int = bounded(1, ge=1)
 
     def __init__(self, params: Params | None = None, name: str | None = None) -> None:
         super().__init__(params, name)

@@ -23,6 +23,7 @@ from torch import nn
 from ueb.errors import ConfigError
 from ueb.imageset import ImageSet
 from ueb.interfaces import Budget, Poisoner, Requirement, RunContext
+from ueb.params import bounded
 
 from . import surrogate as S
 from .pgd import pgd_linf
@@ -36,20 +37,26 @@ class ErrorMinimizing(Poisoner):
     @dataclass(frozen=True)
     class Params:
         mode: Literal["sample", "class"] = "sample"
-        eps: float = 8 / 255
-        step_size: float = 0.8 / 255
-        steps: int | None = None  # None: the official 20 (sample-wise) or 1 (class-wise)
-        train_steps: int = 10  # surrogate SGD batches per round
-        batch_size: int = 512  # both the surrogate's and the noise update's batch
-        stop_error: float = 0.01
-        max_rounds: int | None = None  # None: run until stop_error, as the official code does
-        class_subset: float = 0.2  # class-wise: fraction of each class the noise is fit on
+        eps: float = bounded(8 / 255, gt=0, le=1)
+        step_size: float = bounded(0.8 / 255, gt=0, le=1)
+        steps: int | None = bounded(
+            None, ge=1
+        )  # None: the official 20 (sample-wise) or 1 (class-wise)
+        train_steps: int = bounded(10, ge=1)  # surrogate SGD batches per round
+        batch_size: int = bounded(512, ge=1)  # both the surrogate's and the noise update's batch
+        stop_error: float = bounded(0.01, ge=0, le=1)
+        max_rounds: int | None = bounded(
+            None, ge=1
+        )  # None: run until stop_error, as the official code does
+        class_subset: float = bounded(
+            0.2, gt=0, le=1
+        )  # class-wise: fraction of each class the noise is fit on
         surrogate: str = "resnet18"
-        surrogate_width: int | None = None
-        lr: float = 0.1
-        momentum: float = 0.9
-        weight_decay: float = 5e-4
-        grad_clip: float = 5.0
+        surrogate_width: int | None = bounded(None, ge=1)
+        lr: float = bounded(0.1, gt=0)
+        momentum: float = bounded(0.9, ge=0, lt=1)
+        weight_decay: float = bounded(5e-4, ge=0)
+        grad_clip: float = bounded(5.0, ge=0)
 
         def __post_init__(self) -> None:
             if not 0 < self.class_subset <= 1:
@@ -102,7 +109,11 @@ class ErrorMinimizing(Poisoner):
         sample = p.mode == "sample"
         shape = (len(train),) if sample else (train.num_classes,)
         noise = torch.zeros(*shape, *x.shape[1:], device=dev)
-        subset = None if sample else self._class_subset(train, torch.Generator().manual_seed(ctx.seed + 2), dev)
+        subset = (
+            None
+            if sample
+            else self._class_subset(train, torch.Generator().manual_seed(ctx.seed + 2), dev)
+        )
         # Sample-wise: the official loader is not shuffled; its training batches continue
         # through the data in order from round to round. Class-wise: shuffled, drop_last.
         stream_gen = None if sample else torch.Generator().manual_seed(ctx.seed + 3)
@@ -143,19 +154,32 @@ class ErrorMinimizing(Poisoner):
                 task.advance()
                 S.save_checkpoint(
                     ckpt,
-                    {"model": model.state_dict(), "opt": opt.state_dict(), "noise": noise,
-                     "index_gen": index_gen.get_state(), "round": rnd, "err": err, "consumed": consumed},
+                    {
+                        "model": model.state_dict(),
+                        "opt": opt.state_dict(),
+                        "noise": noise,
+                        "index_gen": index_gen.get_state(),
+                        "round": rnd,
+                        "err": err,
+                        "consumed": consumed,
+                    },
                 )
         self.facts = {"rounds": rnd, "surrogate_error": err, "converged": err < p.stop_error}
         if err >= p.stop_error:
-            ctx.log(f"EM stopped after max_rounds={p.max_rounds} with surrogate error {err:.3f} (target < {p.stop_error})")
+            ctx.log(
+                f"EM stopped after max_rounds={p.max_rounds} with surrogate error {err:.3f} (target < {p.stop_error})"
+            )
         return noise
 
-    def _apply(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def _apply(
+        self, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor, idx: torch.Tensor
+    ) -> torch.Tensor:
         per = noise[idx] if self.params.mode == "sample" else noise[y[idx]]
         return (x[idx] + per).clamp(0, 1)
 
-    def _train_step(self, model: nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor) -> None:
+    def _train_step(
+        self, model: nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor
+    ) -> None:
         loss = F.cross_entropy(model(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -163,21 +187,36 @@ class ErrorMinimizing(Poisoner):
             nn.utils.clip_grad_norm_(model.parameters(), self.params.grad_clip)
         opt.step()
 
-    def _min_min(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    def _min_min(
+        self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, start: torch.Tensor
+    ) -> torch.Tensor:
         p = self.params
         return pgd_linf(
-            lambda z: F.cross_entropy(model(z), yb), xb, start, p.eps, p.step_size, self.pgd_steps, descend=True
+            lambda z: F.cross_entropy(model(z), yb),
+            xb,
+            start,
+            p.eps,
+            p.step_size,
+            self.pgd_steps,
+            descend=True,
         )
 
-    def _update_samplewise(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor) -> None:
+    def _update_samplewise(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor
+    ) -> None:
         # Every image, in order; each starts from its own current noise (warm start).
         for idx in S.batches(len(x), self.params.batch_size, None, drop_last=False):
             idx = idx.to(x.device)
             noise[idx] = self._min_min(model, x[idx], y[idx], noise[idx])
 
     def _update_classwise(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor,
-        subset: torch.Tensor, gen: torch.Generator,
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        noise: torch.Tensor,
+        subset: torch.Tensor,
+        gen: torch.Generator,
     ) -> None:
         eps = self.params.eps
         for part in S.batches(len(subset), self.params.batch_size, gen, drop_last=True):
@@ -187,7 +226,9 @@ class ErrorMinimizing(Poisoner):
             for k in yb.unique():
                 noise[k] = eta[yb == k].mean(0).clamp(-eps, eps)
 
-    def _class_subset(self, train: ImageSet, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
+    def _class_subset(
+        self, train: ImageSet, gen: torch.Generator, dev: torch.device
+    ) -> torch.Tensor:
         """A stratified random `class_subset` fraction of the images (at least one per class)."""
         keep = []
         for c in range(train.num_classes):

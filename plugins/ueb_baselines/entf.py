@@ -23,7 +23,7 @@ from torch import nn
 
 from ueb.imageset import ImageSet
 from ueb.interfaces import Batch, Budget, Poisoner, Requirement, RunContext, StepContext
-from ueb.params import as_dict
+from ueb.params import as_dict, bounded
 from ueb.profile import TrainingConfig
 from ueb.training import Trainer
 
@@ -40,22 +40,24 @@ class EntangledFeatures(Poisoner):
     @dataclass(frozen=True)
     class Params:
         recipe: Literal["push", "pull"] = "push"
-        eps: float = 8 / 255
-        steps: int = 300
-        tau: float = 0.05  # step size = eps * tau
-        restarts: int = 1
-        batch_size: int = 512
+        eps: float = bounded(8 / 255, gt=0, le=1)
+        steps: int = bounded(300, ge=1)
+        tau: float = bounded(0.05, gt=0)  # step size = eps * tau
+        restarts: int = bounded(1, ge=1)
+        batch_size: int = bounded(512, ge=1)
         augment: bool = True
-        shift: int = 8
-        robust_eps: float = 4 / 255
-        robust_step_size: float = 2 / 255
-        robust_steps: int = 10
+        shift: int = bounded(8, ge=0)
+        robust_eps: float = bounded(4 / 255, ge=0, le=1)
+        robust_step_size: float = bounded(2 / 255, gt=0, le=1)
+        robust_steps: int = bounded(10, ge=0)
         surrogate: str = "resnet18"
-        surrogate_width: int | None = None
-        reference_iterations: int = 39_100  # 100 epochs of CIFAR-10 at batch 128
-        reference_batch_size: int = 128
-        reference_lr: float = 0.1
-        reference_crop_padding: int = 4  # official: RandomCrop(32, padding=4) + flip; 0: flip only
+        surrogate_width: int | None = bounded(None, ge=1)
+        reference_iterations: int = bounded(39_100, ge=1)  # 100 epochs of CIFAR-10 at batch 128
+        reference_batch_size: int = bounded(128, ge=1)
+        reference_lr: float = bounded(0.1, gt=0)
+        reference_crop_padding: int = bounded(
+            4, ge=0
+        )  # official: RandomCrop(32, padding=4) + flip; 0: flip only
 
     def budget(self) -> Budget:
         return Budget("linf", self.params.eps)

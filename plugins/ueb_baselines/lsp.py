@@ -28,6 +28,7 @@ import torch
 from ueb.errors import ConfigError
 from ueb.imageset import ImageSet
 from ueb.interfaces import Budget, Poisoner, RunContext
+from ueb.params import bounded
 
 _CHUNK = 2048  # images per chunk when expanding points to full-size noise
 
@@ -72,11 +73,13 @@ class LinearSeparablePerturbations(Poisoner):
 
     @dataclass(frozen=True)
     class Params:
-        eps: float = 6 / 255  # official --eps 6: the norm is sqrt(C*H*W) * eps
-        norm: float | None = None  # a fixed L2 norm instead (the paper's table lists 1.0)
-        patch_size: int | None = None  # None: by patch_rule
+        eps: float = bounded(6 / 255, gt=0, le=1)  # official --eps 6: the norm is sqrt(C*H*W) * eps
+        norm: float | None = bounded(
+            None, gt=0
+        )  # a fixed L2 norm instead (the paper's table lists 1.0)
+        patch_size: int | None = bounded(None, ge=1)  # None: by patch_rule
         patch_rule: Literal["official", "apbench"] = "official"
-        class_sep: float = 10.0
+        class_sep: float = bounded(10.0, gt=0)
         class_wise: bool = False  # official: one point per image (sample-wise)
 
         def __post_init__(self) -> None:

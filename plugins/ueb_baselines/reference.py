@@ -8,6 +8,7 @@ import torch
 
 from ueb.imageset import ImageSet
 from ueb.interfaces import Budget, Poisoner, RunContext
+from ueb.params import bounded
 
 
 class Clean(Poisoner):
@@ -37,7 +38,7 @@ class RandomNoise(Poisoner):
 
     @dataclass(frozen=True)
     class Params:
-        eps: float = 8 / 255
+        eps: float = bounded(8 / 255, gt=0, le=1)
 
     def budget(self) -> Budget:
         return Budget("linf", self.params.eps)

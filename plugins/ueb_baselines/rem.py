@@ -20,6 +20,7 @@ from torch import nn
 
 from ueb.imageset import ImageSet
 from ueb.interfaces import Budget, Poisoner, Requirement, RunContext
+from ueb.params import bounded
 
 from . import surrogate as S
 from .pgd import crop_flip, pgd_linf, project, uniform_start
@@ -32,24 +33,24 @@ class RobustErrorMinimizing(Poisoner):
 
     @dataclass(frozen=True)
     class Params:
-        eps: float = 8 / 255
-        step_size: float = 1.6 / 255
-        steps: int = 10
-        samples: int = 5  # random crop/flip views in the expectation
-        atk_eps: float = 4 / 255
-        atk_step_size: float = 0.8 / 255
-        atk_steps: int = 10
-        train_steps: int = 5000
-        batch_size: int = 128
-        lr: float = 0.1
-        lr_decay: float = 0.1
-        lr_decay_every: int = 2000
-        momentum: float = 0.9
-        weight_decay: float = 5e-4
-        crop_padding: int = 4
+        eps: float = bounded(8 / 255, gt=0, le=1)
+        step_size: float = bounded(1.6 / 255, gt=0, le=1)
+        steps: int = bounded(10, ge=1)
+        samples: int = bounded(5, ge=1)  # random crop/flip views in the expectation
+        atk_eps: float = bounded(4 / 255, ge=0, le=1)
+        atk_step_size: float = bounded(0.8 / 255, gt=0, le=1)
+        atk_steps: int = bounded(10, ge=0)
+        train_steps: int = bounded(5000, ge=1)
+        batch_size: int = bounded(128, ge=1)
+        lr: float = bounded(0.1, gt=0)
+        lr_decay: float = bounded(0.1, gt=0, le=1)
+        lr_decay_every: int = bounded(2000, ge=1)
+        momentum: float = bounded(0.9, ge=0, lt=1)
+        weight_decay: float = bounded(5e-4, ge=0)
+        crop_padding: int = bounded(4, ge=0)
         surrogate: str = "resnet18"
-        surrogate_width: int | None = None
-        checkpoint_every: int = 200
+        surrogate_width: int | None = bounded(None, ge=1)
+        checkpoint_every: int = bounded(200, ge=1)
 
     def budget(self) -> Budget:
         return Budget("linf", self.params.eps)
@@ -64,16 +65,26 @@ class RobustErrorMinimizing(Poisoner):
 
     # ----------------------------------------------------------------------------- pieces
 
-    def _adversarial(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _adversarial(
+        self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, gen: torch.Generator
+    ) -> torch.Tensor:
         """The inner attack: PGD ascending the loss in the atk_eps ball, random start."""
         p = self.params
         start = uniform_start(xb.shape, p.atk_eps, gen, xb.device)
         delta = pgd_linf(
-            lambda z: F.cross_entropy(model(z), yb), xb, start, p.atk_eps, p.atk_step_size, p.atk_steps, descend=False
+            lambda z: F.cross_entropy(model(z), yb),
+            xb,
+            start,
+            p.atk_eps,
+            p.atk_step_size,
+            p.atk_steps,
+            descend=False,
         )
         return xb + delta
 
-    def _defensive(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _defensive(
+        self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, gen: torch.Generator
+    ) -> torch.Tensor:
         """Defensive noise for one batch: descend E_T[ max_adv loss(T(x + delta) + adv) ]."""
         p = self.params
         delta = project(xb, uniform_start(xb.shape, p.eps, gen, xb.device), p.eps)
@@ -132,13 +143,21 @@ class RobustErrorMinimizing(Poisoner):
                 loss.backward()
                 opt.step()
                 model.eval()
-                task.update(loss=float(loss.detach()), acc=float((logits.argmax(1) == yb).float().mean()))
+                task.update(
+                    loss=float(loss.detach()), acc=float((logits.argmax(1) == yb).float().mean())
+                )
                 task.advance()
                 if (step + 1) % p.checkpoint_every == 0 and step + 1 < p.train_steps:
-                    S.save_checkpoint(ckpt, {
-                        "model": model.state_dict(), "opt": opt.state_dict(), "noise": noise, "step": step + 1,
-                        "gen": gen.get_state(),
-                    })
+                    S.save_checkpoint(
+                        ckpt,
+                        {
+                            "model": model.state_dict(),
+                            "opt": opt.state_dict(),
+                            "noise": noise,
+                            "step": step + 1,
+                            "gen": gen.get_state(),
+                        },
+                    )
         model.eval()
         with ctx.progress.task("REM final noise", total=len(train)) as task:
             for idx in S.batches(len(train), p.batch_size, None, drop_last=False):

@@ -21,7 +21,7 @@ from torch import nn
 
 from ueb.imageset import ImageSet
 from ueb.interfaces import Budget, Poisoner, Requirement, RunContext
-from ueb.params import as_dict
+from ueb.params import as_dict, bounded
 from ueb.profile import TrainingConfig
 from ueb.training import Trainer
 
@@ -37,18 +37,18 @@ class TargetedAdversarialPoisoning(Poisoner):
     @dataclass(frozen=True)
     class Params:
         preset: Literal["official", "apbench"] = "official"  # apbench: untargeted recipe
-        eps: float = 8 / 255
-        steps: int = 250
-        tau: float = 0.05  # step size = eps * tau
-        restarts: int = 8
-        batch_size: int = 512
+        eps: float = bounded(8 / 255, gt=0, le=1)
+        steps: int = bounded(250, ge=1)
+        tau: float = bounded(0.05, gt=0)  # step size = eps * tau
+        restarts: int = bounded(8, ge=1)
+        batch_size: int = bounded(512, ge=1)
         augment: bool = True
-        shift: int = 8
+        shift: int = bounded(8, ge=0)
         surrogate: str = "resnet18"
-        surrogate_width: int | None = None
-        clean_iterations: int = 40_000
-        clean_batch_size: int = 128
-        clean_lr: float = 0.1
+        surrogate_width: int | None = bounded(None, ge=1)
+        clean_iterations: int = bounded(40_000, ge=1)
+        clean_batch_size: int = bounded(128, ge=1)
+        clean_lr: float = bounded(0.1, gt=0)
 
     def budget(self) -> Budget:
         return Budget("linf", self.params.eps)
@@ -67,8 +67,14 @@ class TargetedAdversarialPoisoning(Poisoner):
         p = self.params
         cfg = clean_config(p.clean_iterations, p.clean_batch_size, p.clean_lr)
         model = S.build_surrogate(ctx, p.surrogate, p.surrogate_width, train, ctx.seed)
-        rec = {"surrogate": p.surrogate, "width": p.surrogate_width, "training": as_dict(cfg),
-               "data": train.fingerprint(), "seed": ctx.seed, "kind": "clean"}
+        rec = {
+            "surrogate": p.surrogate,
+            "width": p.surrogate_width,
+            "training": as_dict(cfg),
+            "data": train.fingerprint(),
+            "seed": ctx.seed,
+            "kind": "clean",
+        }
 
         def fit(m: nn.Module, _ckpt: object) -> None:
             trainer = Trainer(cfg, device=S.device_of(ctx), seed=ctx.seed, progress=ctx.progress)
@@ -102,19 +108,36 @@ class TargetedAdversarialPoisoning(Poisoner):
 
         augment = (lambda z: translate_flip(z, gen, p.shift)) if p.augment else None
         with ctx.progress.task("TAP poison", total=p.steps * max(1, p.restarts)) as task:
-            best = brew(objective, x, p.eps, p.eps * p.tau, p.steps, p.batch_size, p.restarts, gen,
-                        augment, on_step=task.advance)
+            best = brew(
+                objective,
+                x,
+                p.eps,
+                p.eps * p.tau,
+                p.steps,
+                p.batch_size,
+                p.restarts,
+                gen,
+                augment,
+                on_step=task.advance,
+            )
         for q in model.parameters():
             q.requires_grad_(True)
         return best
 
 
-def clean_config(iterations: int, batch_size: int, lr: float, crop_padding: int = 4) -> TrainingConfig:
+def clean_config(
+    iterations: int, batch_size: int, lr: float, crop_padding: int = 4
+) -> TrainingConfig:
     """Standard SGD training (momentum 0.9, wd 5e-4, crop+flip, x0.1 at 40% and 80%)."""
     return TrainingConfig(
-        iterations=iterations, batch_size=batch_size, lr=lr,
+        iterations=iterations,
+        batch_size=batch_size,
+        lr=lr,
         milestones=(max(1, int(iterations * 0.4)), max(1, int(iterations * 0.8))),
-        crop_padding=crop_padding, eval_every=0, precision="auto", channels_last=True,
+        crop_padding=crop_padding,
+        eval_every=0,
+        precision="auto",
+        channels_last=True,
     )
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ueb.interfaces import Batch, Countermeasure, StepContext
+from ueb.params import bounded
 
 
 def _norms(t: torch.Tensor) -> torch.Tensor:
@@ -93,9 +94,9 @@ class AdversarialTraining(Countermeasure):
     @dataclass(frozen=True)
     class Params:
         norm: Literal["linf", "l2"] = "linf"
-        eps: float = 8 / 255
-        step_size: float | None = None  # None: 2.5 * eps / steps
-        steps: int = 10
+        eps: float = bounded(8 / 255, gt=0)  # Linf (<= 1) or L2 radius
+        step_size: float | None = bounded(None, gt=0)  # None: 2.5 * eps / steps
+        steps: int = bounded(10, ge=1)
         random_start: bool = True
         attack_mode: Literal["eval", "train"] = "eval"
 

@@ -14,13 +14,16 @@ import torch
 
 from ueb.errors import ConfigError
 from ueb.interfaces import Batch, Countermeasure, StepContext
+from ueb.params import bounded
 
 
 def _rand(n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
     return torch.rand(n, generator=gen, device=gen.device).to(device)
 
 
-def _randint(high: torch.Tensor | int, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+def _randint(
+    high: torch.Tensor | int, n: int, gen: torch.Generator, device: torch.device
+) -> torch.Tensor:
     """Uniform integers in [0, high) per sample (`high` may differ per sample)."""
     u = _rand(n, gen, device)
     return (u * high).floor().long()
@@ -29,7 +32,9 @@ def _randint(high: torch.Tensor | int, n: int, gen: torch.Generator, device: tor
 def partners(n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
     """For each sample, the index of another sample of the batch (a random cyclic derangement)."""
     if n < 2:
-        raise ConfigError("mixing augmentations need batches of at least 2 images", "raise batch_size")
+        raise ConfigError(
+            "mixing augmentations need batches of at least 2 images", "raise batch_size"
+        )
     perm = torch.randperm(n, generator=gen, device=gen.device).to(device)
     out = torch.empty_like(perm)
     out[perm] = perm.roll(-1)
@@ -60,14 +65,16 @@ class Cutout(Countermeasure):
 
     @dataclass(frozen=True)
     class Params:
-        size: int = 0  # side in pixels; 0: `fraction` of the image side
-        fraction: float = 0.5
-        fill: float = 0.0
+        size: int = bounded(0, ge=0)  # side in pixels; 0: `fraction` of the image side
+        fraction: float = bounded(0.5, gt=0, le=1)
+        fill: float = bounded(0.0, ge=0, le=1)
 
     def side(self, h: int, w: int) -> int:
         s = self.params.size or round(self.params.fraction * min(h, w))
         if not 0 < s <= min(h, w):
-            raise ConfigError(f"cutout side {s} px does not fit {h}x{w} images", "set size or fraction")
+            raise ConfigError(
+                f"cutout side {s} px does not fit {h}x{w} images", "set size or fraction"
+            )
         return s
 
     def augment(self, batch: Batch, step: StepContext) -> Batch:
@@ -99,7 +106,7 @@ class CutMix(Countermeasure):
 
     @dataclass(frozen=True)
     class Params:
-        prob: float = 1.0  # chance that an image gets a box at all
+        prob: float = bounded(1.0, ge=0, le=1)  # chance that an image gets a box at all
 
     def augment(self, batch: Batch, step: StepContext) -> Batch:
         x = batch.x
@@ -140,7 +147,7 @@ class Mixup(Countermeasure):
     @dataclass(frozen=True)
     class Params:
         label: Literal["keep", "mix"] = "keep"
-        prob: float = 1.0  # chance that an image is blended at all
+        prob: float = bounded(1.0, ge=0, le=1)  # chance that an image is blended at all
 
     def augment(self, batch: Batch, step: StepContext) -> Batch:
         x = batch.x

@@ -18,6 +18,7 @@ import torch
 
 from ueb.imageset import ImageSet
 from ueb.interfaces import Countermeasure, RunContext
+from ueb.params import bounded
 
 from . import ops
 
@@ -31,11 +32,11 @@ class ImageShortcutSqueezing(Countermeasure):
     @dataclass(frozen=True)
     class Params:
         method: Literal["grayscale", "jpeg", "bdr"] = "jpeg"
-        quality: int = 10  # JPEG quality (method "jpeg")
-        bits: int = 2  # bit depth (method "bdr")
+        quality: int = bounded(10, ge=1, le=100)  # JPEG quality (method "jpeg")
+        bits: int = bounded(2, ge=1, le=8)  # bit depth (method "bdr")
         test_too: bool = False  # the official --ISS_both_train_test switch
         encoder: Literal["opencv", "simplejpeg", "pil"] = "opencv"
-        workers: int = 0
+        workers: int = bounded(0, ge=0)
 
         def __post_init__(self) -> None:
             if not 1 <= self.quality <= 100:

@@ -16,6 +16,7 @@ import torch
 
 from ueb.imageset import ImageSet
 from ueb.interfaces import Batch, Countermeasure, RunContext, StepContext
+from ueb.params import bounded
 
 from . import ops
 
@@ -43,7 +44,7 @@ class MeanFilter(SetTransform):
 
     @dataclass(frozen=True)
     class Params:
-        kernel: int = 3
+        kernel: int = bounded(3, ge=1)
 
     def apply(self, images: torch.Tensor, ctx: RunContext) -> torch.Tensor:
         return ops.mean_filter(images, self.params.kernel)
@@ -56,7 +57,7 @@ class MedianFilter(SetTransform):
 
     @dataclass(frozen=True)
     class Params:
-        kernel: int = 3
+        kernel: int = bounded(3, ge=1)
 
     def apply(self, images: torch.Tensor, ctx: RunContext) -> torch.Tensor:
         return ops.median_filter(images, self.params.kernel)
@@ -73,8 +74,8 @@ class GaussianFilter(SetTransform):
 
     @dataclass(frozen=True)
     class Params:
-        kernel: int = 3
-        sigma: float = 0.1
+        kernel: int = bounded(3, ge=1)
+        sigma: float = bounded(0.1, gt=0)
 
     def apply(self, images: torch.Tensor, ctx: RunContext) -> torch.Tensor:
         return ops.gaussian_filter(images, self.params.kernel, self.params.sigma)
@@ -87,7 +88,7 @@ class BitDepthReduction(SetTransform):
 
     @dataclass(frozen=True)
     class Params:
-        bits: int = 2
+        bits: int = bounded(2, ge=1, le=8)
         mode: Literal["posterize", "uniform"] = "posterize"
 
     def apply(self, images: torch.Tensor, ctx: RunContext) -> torch.Tensor:
@@ -114,10 +115,10 @@ class Jpeg(SetTransform):
 
     @dataclass(frozen=True)
     class Params:
-        quality: int = 10
+        quality: int = bounded(10, ge=1, le=100)
         subsampling: Literal["444", "422", "420"] = "420"
         encoder: Literal["opencv", "simplejpeg", "pil"] = "opencv"
-        workers: int = 0  # threads; 0: one per CPU core
+        workers: int = bounded(0, ge=0)  # threads; 0: one per CPU core
 
     def apply(self, images: torch.Tensor, ctx: RunContext) -> torch.Tensor:
         p = self.params
@@ -135,8 +136,8 @@ class GaussianNoise(Countermeasure):
 
     @dataclass(frozen=True)
     class Params:
-        std: float = 0.1
-        mean: float = 0.0
+        std: float = bounded(0.1, ge=0)
+        mean: float = bounded(0.0, ge=-1, le=1)
 
         def __post_init__(self) -> None:
             if self.std < 0:
@@ -160,4 +161,3 @@ class GaussianNoiseEveryStep(Countermeasure):
         noise = torch.randn(batch.x.shape, generator=step.generator, device=step.generator.device)
         x = (batch.x + noise.to(batch.x.device) * self.params.std + self.params.mean).clamp(0, 1)
         return Batch(x, batch.y, batch.y2, batch.lam)
-

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from ueb.errors import ConfigError, PluginError
 from ueb.imageset import ImageSet, quantize
 from ueb.interfaces import Countermeasure, Requirement, RunContext, Stage
-from ueb.params import as_dict
+from ueb.params import as_dict, bounded
 from ueb.training import resolve_device
 
 
@@ -153,26 +153,30 @@ class Avatar(Countermeasure):
     @dataclass(frozen=True)
     class Params:
         model_dir: str = ""
-        t_star: int = 100  # of the model's 1000 steps, the official CIFAR-10 setting
+        t_star: int = bounded(
+            100, ge=1, le=1000
+        )  # of the model's 1000 steps, the official CIFAR-10 setting
         # 0: every step from t* down (DDPM ancestral); n: n evenly spaced steps
-        reverse_steps: int = 0
-        batch_size: int = 256
+        reverse_steps: int = bounded(0, ge=0)
+        batch_size: int = bounded(256, ge=1)
         train_if_missing: bool = True
         # where the DDPM's clean training images come from when model_dir is empty
         clean_source: str = ""  # a dataset plugin; "": the training set's own dataset
         clean_split: Literal["test", "train"] = "test"
         # DDPM trained on those clean images when model_dir is empty (Ho et al. 2020, CIFAR-10)
-        train_steps: int = 800_000
-        train_batch_size: int = 128
-        train_lr: float = 2e-4
-        warmup_steps: int = 5000
-        ema_decay: float = 0.9999
-        grad_clip: float = 1.0
-        dropout: float = 0.1
-        channels: tuple[int, ...] = (128, 256, 256, 256)
-        layers_per_block: int = 2
-        attention_levels: tuple[int, ...] = (1,)  # which resolution levels carry self-attention
-        checkpoint_every: int = 2000
+        train_steps: int = bounded(800_000, ge=1)
+        train_batch_size: int = bounded(128, ge=1)
+        train_lr: float = bounded(2e-4, gt=0)
+        warmup_steps: int = bounded(5000, ge=0)
+        ema_decay: float = bounded(0.9999, ge=0, le=1)
+        grad_clip: float = bounded(1.0, ge=0)
+        dropout: float = bounded(0.1, ge=0, lt=1)
+        channels: tuple[int, ...] = bounded((128, 256, 256, 256), ge=1)
+        layers_per_block: int = bounded(2, ge=1)
+        attention_levels: tuple[int, ...] = bounded(
+            (1,), ge=0
+        )  # which resolution levels carry self-attention
+        checkpoint_every: int = bounded(2000, ge=1)
 
         def __post_init__(self) -> None:
             if self.t_star < 0:

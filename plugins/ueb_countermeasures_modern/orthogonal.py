@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ueb.errors import ConfigError
 from ueb.imageset import ImageSet
 from ueb.interfaces import Countermeasure, RunContext, Stage
+from ueb.params import bounded
 from ueb.training import resolve_device
 
 
@@ -47,7 +48,9 @@ def fit_linear_weights(
     w0 = (torch.rand(num_classes, d, generator=gen) * 2 - 1) * bound
     w = w0.to(x.device).requires_grad_(True)
     opt = torch.optim.SGD([w], lr=lr)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(epochs * 0.5), int(epochs * 0.75)], gamma=0.1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(
+        opt, [int(epochs * 0.5), int(epochs * 0.75)], gamma=0.1
+    )
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen).to(x.device)
         for i in range(0, n, batch_size):
@@ -84,9 +87,9 @@ class OrthogonalProjection(Countermeasure):
 
     @dataclass(frozen=True)
     class Params:
-        epochs: int = 20
-        batch_size: int = 1024
-        lr: float = 0.1
+        epochs: int = bounded(20, ge=1)
+        batch_size: int = bounded(1024, ge=1)
+        lr: float = bounded(0.1, gt=0)
         project_test: bool = False
         clamp: bool = False  # the official code keeps the projected values as they are
 

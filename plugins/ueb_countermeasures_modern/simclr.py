@@ -35,6 +35,7 @@ from torch import nn
 from ueb.errors import ConfigError
 from ueb.imageset import ImageSet
 from ueb.interfaces import Countermeasure, RunContext, Stage, TrainResult
+from ueb.params import bounded
 from ueb.training import Trainer, random_crop_flip
 
 from ._rng import global_rng_from
@@ -53,7 +54,11 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
 class ProjectionHead(nn.Module):
     def __init__(self, feature_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(feature_dim, feature_dim), nn.ReLU(inplace=True), nn.Linear(feature_dim, out_dim))
+        self.net = nn.Sequential(
+            nn.Linear(feature_dim, feature_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(feature_dim, out_dim),
+        )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h)
@@ -71,22 +76,22 @@ class SimCLR(Countermeasure):
 
     @dataclass(frozen=True)
     class Params:
-        pretrain_epochs: int = 1000
-        pretrain_steps: int = 0  # > 0: exactly this many steps instead of epochs
-        batch_size: int = 512
-        lr: float = 0.5
-        momentum: float = 0.9
-        weight_decay: float = 1e-4
-        temperature: float = 0.5
-        projection_dim: int = 128
-        crop_scale: tuple[float, float] = (0.08, 1.0)
-        jitter_strength: float = 0.5
-        jitter_p: float = 0.8
-        grayscale_p: float = 0.2
-        linear_epochs: int = 100
-        linear_steps: int = 0
-        linear_batch_size: int = 512
-        linear_lr: float = 0.1
+        pretrain_epochs: int = bounded(1000, ge=0)
+        pretrain_steps: int = bounded(0, ge=0)  # > 0: exactly this many steps instead of epochs
+        batch_size: int = bounded(512, ge=2)
+        lr: float = bounded(0.5, gt=0)
+        momentum: float = bounded(0.9, ge=0, lt=1)
+        weight_decay: float = bounded(1e-4, ge=0)
+        temperature: float = bounded(0.5, gt=0)
+        projection_dim: int = bounded(128, ge=1)
+        crop_scale: tuple[float, float] = bounded((0.08, 1.0), gt=0, le=1)
+        jitter_strength: float = bounded(0.5, ge=0)
+        jitter_p: float = bounded(0.8, ge=0, le=1)
+        grayscale_p: float = bounded(0.2, ge=0, le=1)
+        linear_epochs: int = bounded(100, ge=0)
+        linear_steps: int = bounded(0, ge=0)
+        linear_batch_size: int = bounded(512, ge=1)
+        linear_lr: float = bounded(0.1, gt=0)
         probe_augment: bool = True
 
         def __post_init__(self) -> None:
@@ -128,7 +133,9 @@ class SimCLR(Countermeasure):
 
     # -- phase 1: contrastive pre-training ------------------------------------------------
 
-    def pretrain(self, model: nn.Module, train: ImageSet, trainer: Trainer, ctx: RunContext) -> list[float]:
+    def pretrain(
+        self, model: nn.Module, train: ImageSet, trainer: Trainer, ctx: RunContext
+    ) -> list[float]:
         """Train `model.features` with a projection head on `train` without labels; returns the losses."""
         p = self.params
         if not hasattr(model, "features") or not hasattr(model, "feature_dim"):
@@ -171,7 +178,9 @@ class SimCLR(Countermeasure):
 
     # -- phase 2: linear probe ------------------------------------------------------------
 
-    def linear_probe(self, model: nn.Module, train: ImageSet, trainer: Trainer, ctx: RunContext) -> tuple[int, float]:
+    def linear_probe(
+        self, model: nn.Module, train: ImageSet, trainer: Trainer, ctx: RunContext
+    ) -> tuple[int, float]:
         """Fit `model.head` on frozen features with the training labels; returns (steps, train acc %)."""
         p = self.params
         device = trainer.device
@@ -200,7 +209,9 @@ class SimCLR(Countermeasure):
                 if feats is not None:
                     h = feats[idx]
                 else:
-                    x = random_crop_flip(_float01(images[idx]), trainer.cfg.crop_padding, trainer.cfg.flip, dev_gen)
+                    x = random_crop_flip(
+                        _float01(images[idx]), trainer.cfg.crop_padding, trainer.cfg.flip, dev_gen
+                    )
                     with torch.no_grad(), trainer.autocast():
                         h = model.features(x).float()
                 loss = F.cross_entropy(head(h), labels[idx])
@@ -221,12 +232,16 @@ class SimCLR(Countermeasure):
         out = []
         for i in range(0, len(images), trainer.cfg.eval_batch_size):
             with trainer.autocast():
-                out.append(model.features(_float01(images[i : i + trainer.cfg.eval_batch_size])).float())
+                out.append(
+                    model.features(_float01(images[i : i + trainer.cfg.eval_batch_size])).float()
+                )
         return torch.cat(out)
 
     # -- the protocol ---------------------------------------------------------------------
 
-    def fit(self, model: nn.Module, train: ImageSet, test: ImageSet, trainer: Trainer, ctx: RunContext) -> TrainResult:
+    def fit(
+        self, model: nn.Module, train: ImageSet, test: ImageSet, trainer: Trainer, ctx: RunContext
+    ) -> TrainResult:
         start = time.perf_counter()
         model = trainer.prepare_model(model)
         losses = self.pretrain(model, train, trainer, ctx)
@@ -234,7 +249,11 @@ class SimCLR(Countermeasure):
         acc = trainer.evaluate(model, test)
         seconds = time.perf_counter() - start
         every = max(1, len(losses) // 20)
-        history = [{"step": i + 1, "pretrain_loss": v} for i, v in enumerate(losses) if (i + 1) % every == 0]
+        history = [
+            {"step": i + 1, "pretrain_loss": v}
+            for i, v in enumerate(losses)
+            if (i + 1) % every == 0
+        ]
         history.append({"step": len(losses) + probe_steps, "acc": acc})
         return TrainResult(
             final_acc=acc,

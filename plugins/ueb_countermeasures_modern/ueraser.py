@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ueb.interfaces import Batch, Countermeasure, Stage, StepContext
+from ueb.params import bounded
 
 from ._rng import global_rng_from
 
@@ -46,13 +47,13 @@ class UEraser(Countermeasure):
     @dataclass(frozen=True)
     class Params:
         level: Level = "standard"
-        repeats: int = 5  # K, copies per image while the loss is maximised
+        repeats: int = bounded(5, ge=1)  # K, copies per image while the loss is maximised
         # `standard` only: share of iterations with K copies (official scripts: 50 of 200 epochs)
-        adversarial_fraction: float = 0.25
-        plasma_p: float = 0.5
-        plasma_roughness: tuple[float, float] = (0.3, 0.7)
-        brightness_intensity: tuple[float, float] = (0.5, 1.0)
-        channel_shuffle_p: float = 0.5
+        adversarial_fraction: float = bounded(0.25, ge=0, le=1)
+        plasma_p: float = bounded(0.5, ge=0, le=1)
+        plasma_roughness: tuple[float, float] = bounded((0.3, 0.7), gt=0, lt=1)
+        brightness_intensity: tuple[float, float] = bounded((0.5, 1.0), ge=0)
+        channel_shuffle_p: float = bounded(0.5, ge=0, le=1)
         trivial_augment: bool = True
 
         def __post_init__(self) -> None:
