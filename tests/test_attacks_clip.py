@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ueb_attacks_clip.one_for_all import OneForAll
 from ueb_attacks_clip.uc import UnlearnableClusters
 
 from ueb.errors import ConfigError
@@ -135,5 +136,70 @@ def test_uc_rejects_bad_settings() -> None:
 
 
 def test_registered_with_a_family() -> None:
-    entry = get_registry().entries["poisoner"]["uc"]
-    assert entry.meta.get("family") == "generative"
+    for name in ("uc", "14a"):
+        assert get_registry().entries["poisoner"][name].meta.get("family") == "generative"
+
+
+# --------------------------------------------------------------------------------------- 14A
+
+SMOKE_14A = OneForAll.presets["smoke"]
+
+
+def oneforall(clip_dir: Path, **extra: object) -> OneForAll:
+    p = parse_params(OneForAll.Params, {**SMOKE_14A, "clip_path": str(clip_dir), **extra}, "14a")
+    return OneForAll(p, name="14a")
+
+
+def test_14a_keeps_the_contract_on_a_tiny_clip(clip_dir: Path, tmp_path: Path) -> None:
+    params = {**SMOKE_14A, "clip_path": str(clip_dir)}
+    poisoned = check_poisoner(OneForAll, params=params, workdir=tmp_path)
+    clean = make_imageset(per_class=10, num_classes=4)
+    delta = (poisoned.images.float() - clean.images.float()) / 255
+    norms = delta.flatten(1).norm(dim=1)
+    eps = OneForAll.Params().eps
+    assert float(norms.max()) <= eps + 0.5 / 255 * delta[0].numel() ** 0.5
+    assert float(norms.median()) > 0.8 * eps  # rescaled to the budget, clipping aside
+
+
+def test_14a_is_label_agnostic_on_the_target(clip_dir: Path, tmp_path: Path) -> None:
+    train = make_imageset(per_class=4, num_classes=4)
+    shuffled = torch.randperm(len(train), generator=torch.Generator().manual_seed(3))
+    relabelled = type(train)(train.images, train.labels[shuffled], train.classes, train.name)
+    ctx = make_run_context(tmp_path / "a", seed=5, owner=oneforall(clip_dir))
+    a = oneforall(clip_dir).poison(train, ctx)
+    b = oneforall(clip_dir).poison(relabelled, ctx)  # the cached generator, other labels
+    assert torch.equal(a, b)
+    fresh = make_run_context(tmp_path / "b", seed=6, owner=oneforall(clip_dir))
+    assert not torch.equal(a, oneforall(clip_dir).poison(train, fresh))
+
+
+def test_14a_concepts_and_loss(clip_dir: Path, tmp_path: Path) -> None:
+    names = tmp_path / "index.json"
+    names.write_text(json.dumps({"0": ["n01440764", "tench"], "1": ["n01443537", "goldfish"]}))
+    poisoner = oneforall(clip_dir, concept_names=str(names))
+    assert poisoner.concepts(("n01440764", "n01443537")) == ["tench", "goldfish"]
+    assert oneforall(clip_dir).concepts(("ankle_boot", "t-shirt/top")) == [
+        "ankle boot",
+        "t-shirt/top",
+    ]
+    with pytest.raises(ConfigError, match="WordNet ids"):
+        oneforall(clip_dir).concepts(("n01440764", "n01443537"))
+    # the loss: far_weight / mean s(far) + mean over near of mean s(near)
+    text = torch.eye(3)
+    feats = torch.tensor([[0.6, 0.8, 0.0], [0.0, 0.6, 0.8]])
+    near = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    far = torch.tensor([1, 2])
+    s_far = (feats @ text[far].T).mean()
+    s_near = sum((feats @ text[near[:, j]].T).mean() for j in range(3)) / 3
+    loss = poisoner.concept_loss(feats, text, near, far)
+    assert torch.isclose(loss, 0.1 / s_far + s_near)
+
+
+def test_14a_preflight_and_bounds(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        OneForAll(name="14a").preflight()
+    assert "clip_path" in info.value.line() and "\n" not in info.value.line()
+    for bad in ({"eps": 0}, {"top_k": 0}, {"prompt": "no slot"}, {"batch_size": 0}):
+        with pytest.raises(ConfigError):
+            parse_params(OneForAll.Params, bad, "14a")
+    assert OneForAll(name="14a").requires()[0].name == "imagenet-subset"

@@ -11,3 +11,9 @@ def register_poisoners(register):
         summary="UC, Unlearnable Clusters (Zhang et al., CVPR 2023): label-agnostic cluster-wise generator noise on local CLIP features, Linf 16/255",
         family="generative",
     )
+    register(
+        "14a",
+        "ueb_attacks_clip.one_for_all:OneForAll",
+        summary="14A, One for All concept unlearnability (Chen et al., ICML 2024): universal label-agnostic generator aligned with local CLIP text concepts, L2",
+        family="generative",
+    )
