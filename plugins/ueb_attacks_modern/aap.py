@@ -98,7 +98,7 @@ class AugmentedAdversarialPoisoning(Poisoner):
 
     # ----------------------------------------------------------------------------- pieces
 
-    def _views(self, mode: str, strength: float, size: int) -> Any:
+    def views(self, mode: str, strength: float, size: int) -> Any:
         """The view policy of a phase: contrastive of `strength` (identity at 0), or crop+flip."""
         if mode == "standard":
             policy = crop_flip_policy(size)
@@ -131,7 +131,7 @@ class AugmentedAdversarialPoisoning(Poisoner):
         dev = S.device_of(ctx)
         x = train.float01().to(dev).float()
         y = train.labels.to(dev)
-        views = self._views(p.ref_mode, p.ref_strength, train.image_size)
+        views = self.views(p.ref_mode, p.ref_strength, train.image_size)
         aug_gen = S.generator(ctx.seed + 1, dev)
         order_gen = torch.Generator().manual_seed(ctx.seed + 2)
         opt = S.sgd(model, p.lr, p.momentum, p.weight_decay)
@@ -153,6 +153,28 @@ class AugmentedAdversarialPoisoning(Poisoner):
                 task.advance()
         model.eval()
 
+    def attack(
+        self,
+        model: nn.Module,
+        xb: torch.Tensor,
+        goal: torch.Tensor,
+        views: Any,
+        gen: torch.Generator,
+    ) -> torch.Tensor:
+        """PGD from zero through fresh views: towards `goal` (targeted) or away from it."""
+        p = self.params
+        alpha = p.step_scale * p.eps / p.perturb_iters
+        sign = -1.0 if p.targeted else 1.0
+        delta = torch.zeros_like(xb)
+        for _ in range(p.perturb_iters):
+            delta.requires_grad_(True)
+            loss = F.cross_entropy(model(views(xb + delta, gen)), goal)
+            (grad,) = torch.autograd.grad(loss, [delta])
+            with torch.no_grad():
+                delta = (delta + sign * alpha * grad.sign()).clamp(-p.eps, p.eps)
+                delta = (xb + delta).clamp(0, 1) - xb
+        return delta.detach()
+
     def _generate(self, train: ImageSet, ctx: RunContext) -> torch.Tensor:
         p = self.params
         dev = S.device_of(ctx)
@@ -161,26 +183,17 @@ class AugmentedAdversarialPoisoning(Poisoner):
         x = train.float01().to(dev).float()
         y = train.labels.to(dev)
         goal = (y + p.label_shift) % train.num_classes if p.targeted else y
-        views = self._views(p.gen_mode, p.gen_strength, train.image_size)
+        views = self.views(p.gen_mode, p.gen_strength, train.image_size)
         aug_gen = S.generator(ctx.seed + 3, dev)
         order_gen = torch.Generator().manual_seed(ctx.seed + 4)
-        alpha = p.step_scale * p.eps / p.perturb_iters
-        sign = -1.0 if p.targeted else 1.0  # descend towards the target, or ascend the true label
         noise = torch.zeros_like(x)
         hits = 0
         with ctx.progress.task("AAP poisons", total=len(x)) as task:
             for idx in S.batches(len(x), p.batch_size, order_gen, drop_last=False):
                 idx = idx.to(dev)
                 xb, gb = x[idx], goal[idx]
-                delta = torch.zeros_like(xb)
-                for _ in range(p.perturb_iters):
-                    delta.requires_grad_(True)
-                    loss = F.cross_entropy(model(views(xb + delta, aug_gen)), gb)
-                    (grad,) = torch.autograd.grad(loss, [delta])
-                    with torch.no_grad():
-                        delta = (delta + sign * alpha * grad.sign()).clamp(-p.eps, p.eps)
-                        delta = (xb + delta).clamp(0, 1) - xb
-                noise[idx] = delta.detach()
+                delta = self.attack(model, xb, gb, views, aug_gen)
+                noise[idx] = delta
                 with torch.no_grad():
                     pred = model((xb + delta).clamp(0, 1)).argmax(1)
                 hits += int((pred == gb).sum()) if p.targeted else int((pred != gb).sum())

@@ -181,11 +181,11 @@ class AugmentedUnlearnable(Poisoner):
                 ):
                     break
                 idx = idx.to(x.device)
-                self._error_minimising(model, x[idx], y[idx], noise, idx, aug, aug_gen)
+                self.error_minimising(model, x[idx], y[idx], noise, idx, aug, aug_gen)
         finally:
             model.requires_grad_(True)
 
-    def _error_minimising(
+    def error_minimising(
         self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, noise: torch.Tensor, idx: torch.Tensor,
         aug: ContrastiveAugment, aug_gen: torch.Generator,
     ) -> None:  # fmt: skip

@@ -97,7 +97,7 @@ class StableErrorMinimizing(Poisoner):
         )
         return xb + delta
 
-    def _defensive(
+    def defensive_noise(
         self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, gen: torch.Generator
     ) -> torch.Tensor:
         """Defensive noise for one batch: descend E_T E_u[ loss(T(x + delta) + u) ]."""
@@ -147,7 +147,7 @@ class StableErrorMinimizing(Poisoner):
                     group["lr"] = p.lr * p.lr_decay ** (step // p.lr_decay_every)
                 idx = next(stream).to(dev)
                 xb, yb = x[idx], y[idx]
-                noise[idx] = _to_8bit(self._defensive(model, xb, yb, gen))
+                noise[idx] = _to_8bit(self.defensive_noise(model, xb, yb, gen))
                 view = crop_flip((xb + noise[idx]).clamp(0, 1), gen, p.crop_padding)
                 adv = self._adversarial(model, view, yb, gen)
                 model.train()
@@ -169,7 +169,7 @@ class StableErrorMinimizing(Poisoner):
         with ctx.progress.task("SEM final noise", total=len(train)) as task:
             for idx in S.batches(len(train), p.batch_size, None, drop_last=False):
                 idx = idx.to(dev)
-                noise[idx] = _to_8bit(self._defensive(model, x[idx], y[idx], gen))
+                noise[idx] = _to_8bit(self.defensive_noise(model, x[idx], y[idx], gen))
                 task.advance(len(idx))
         return noise
 
