@@ -16,7 +16,13 @@ from ueb.registry import get_registry
 from ueb.testing import check_countermeasure, make_imageset, make_run_context, tiny_classifier
 from ueb.training import Trainer
 
-NAMES = {"coin": "train", "rsk-ff": "train", "udp-sda": "protocol", "early-stopping": "protocol"}
+NAMES = {
+    "coin": "train",
+    "rsk-ff": "train",
+    "udp-sda": "protocol",
+    "early-stopping": "protocol",
+    "d-vae": "data",
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -56,6 +62,7 @@ def test_registered_with_stage_and_plain_threat_model():
         ("rsk-ff", {"ff_percentage": 0}),
         ("udp-sda", {"eps": 2.0}),
         ("early-stopping", {"holdout_fraction": 1.0}),
+        ("d-vae", {"perturbation_start": 1.5}),
     ],
 )
 def test_out_of_range_parameters_are_rejected(name, bad):
@@ -300,3 +307,114 @@ def test_coin_wraps_edge_coordinates_as_scipy_does():
             x[0, 0].numpy(), [np.zeros(5), np.arange(5) + s], order=1, mode="wrap"
         )
         np.testing.assert_allclose(got.numpy(), ref, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- D-VAE
+
+# Tensor names of the official ResNetDVAE (stem_end_block=7, spatial class embedding) that the
+# purifier uses; an official model_s*.pth must load into ours by these names.
+OFFICIAL_DVAE_KEYS = {
+    "conv1.weight": (64, 3, 3, 3),
+    "bn1.running_mean": (64,),
+    "layer1.1.conv2.weight": (64, 64, 3, 3),
+    "layer2.0.shortcut.0.weight": (128, 64, 1, 1),
+    "fc_mu.weight": (256, 128, 1, 1),
+    "fc_var.bias": (256,),
+    "post_conv.weight": (128, 256, 1, 1),
+    "decoder1.0.weight": (128, 64, 4, 4),
+    "decoder.2.0.weight": (32, 3, 3, 3),
+    "emb_p.weight": (10, 128 * 16 * 16),
+    "decoder_p3.0.weight": (32, 3, 3, 3),
+}
+
+
+def dvae(params=None):
+    cls = get_registry().get("countermeasure", "d-vae").load_class()
+    return get_registry().create(
+        "countermeasure", "d-vae", {**cls.presets["smoke"], **(params or {})}
+    )
+
+
+def test_dvae_network_has_the_official_layout():
+    from ueb_defences.dvae_net import DVAE
+
+    net = DVAE(num_classes=10, image_size=32, channels=3, width=64, latent_dim=256)
+    shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    assert {k: shapes.get(k) for k in OFFICIAL_DVAE_KEYS} == OFFICIAL_DVAE_KEYS
+    assert not any(k.startswith(("layer3", "layer4", "linear")) for k in shapes)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        rec, mu, _, pert = net.eval()(torch.rand(2, 3, 32, 32), torch.tensor([0, 9]), gen)
+    assert rec.shape == pert.shape == (2, 3, 32, 32) and mu.shape == (2, 256, 16, 16)
+    assert float(rec.min()) >= 0 and float(rec.max()) <= 1  # sigmoid output; pert is unbounded
+
+
+def test_dvae_loss_holds_the_rate_at_its_target_and_adds_the_perturbation_term_late():
+    cm = dvae({"epochs": 60, "kld_target_stage1": 1e6})
+    data = make_imageset(per_class=2, num_classes=4, size=16)
+    net = cm.build(data, seed=0).eval()
+    x, y = data.float01(), data.labels
+
+    def at(epoch: int) -> float:
+        return float(cm.vae_loss(net, x, y, epoch, 1, torch.Generator().manual_seed(1)))
+
+    rec, _, _, pert = net(x, y, torch.Generator().manual_seed(1))
+    mse = torch.nn.functional.mse_loss
+    plain = float(mse(rec, x) + mse((rec + pert).clamp(0, 1), x)) + 0.01 * 1e6
+    assert at(10) == pytest.approx(plain, rel=1e-6)  # KL below target: the target counts
+    extra = max(float(pert.pow(2).mean()), 0.002)
+    assert at(11) == pytest.approx(plain + extra, rel=1e-6)  # from epoch 11 of 60
+
+
+def test_dvae_purifies_in_two_stages_and_reuses_its_networks(tmp_path, monkeypatch):
+    cm = dvae()
+    data = make_imageset(per_class=4, num_classes=4, size=16)
+    ctx = make_run_context(tmp_path, seed=0)
+    out = cm.transform_train_set(data, ctx)
+    assert out.images.dtype == torch.uint8 and torch.equal(out.labels, data.labels)
+    assert [s.split(":")[0] for s in out.meta["dvae_models"]] == ["trained", "trained"]
+    assert not torch.equal(out.images, data.images)
+    monkeypatch.setattr(type(cm), "train_network", lambda *a: pytest.fail("retrained"))
+    again = type(cm)(cm.params, name=cm.name).transform_train_set(data, ctx)
+    assert torch.equal(again.images, out.images)
+    # stage 1 keeps clip(x - p); stage 2 keeps the reconstruction of clip(x1 - p)
+    from ueb_defences.dvae import truncate_to_8bit
+
+    net1, _ = cm.network(data, 1, ctx)
+    x1 = cm.purify(net1, data, 1, ctx)
+    net2, _ = cm.network(dataclasses.replace(data, images=x1), 2, ctx)
+    assert torch.equal(cm.purify(net2, dataclasses.replace(data, images=x1), 2, ctx), out.images)
+    gen = torch.Generator().manual_seed(ctx.seed + 104729 * 2)
+    x, y = x1.float() / 255, data.labels
+    with torch.no_grad():
+        pert = net2.eval()(x, y, gen)[3]
+        rec = net2((x - pert).clamp(0, 1), y, gen)[0]
+    assert torch.equal(truncate_to_8bit(rec), out.images)
+
+
+def test_dvae_loads_official_checkpoints_and_rejects_bad_ones(tmp_path):
+    from ueb_defences.dvae_net import DVAE
+
+    data = make_imageset(per_class=4, num_classes=4, size=16)
+    torch.manual_seed(3)
+    official = DVAE(4, 16, 3, width=8, latent_dim=16)
+    state = {f"module.{k}": v for k, v in official.state_dict().items()}
+    state["module.linear.weight"] = torch.zeros(4, 64)  # classifier branch: ignored
+    for stage in (0, 1):
+        torch.save({"model_state_dict": state}, tmp_path / f"model_s{stage}.pth")
+    paths = {"checkpoint_stage1": str(tmp_path / "model_s0.pth"),
+             "checkpoint_stage2": str(tmp_path / "model_s1.pth")}  # fmt: skip
+    cm = dvae(paths)
+    cm.preflight()
+    ctx = make_run_context(tmp_path / "run", seed=0)
+    net, source = cm.network(data, 1, ctx)
+    assert source.startswith("checkpoint:")
+    for k, v in official.state_dict().items():
+        assert torch.equal(net.state_dict()[k], v)
+    out = cm.transform_train_set(data, ctx)
+    assert out.meta["dvae_models"][1] == f"checkpoint:{paths['checkpoint_stage2']}"
+    assert not (tmp_path / "run" / "artifacts" / "dvae").exists()  # nothing was trained
+    with pytest.raises(ConfigError, match="does not fit"):
+        dvae({**paths, "width": 16}).network(data, 1, ctx)
+    with pytest.raises(ConfigError, match="checkpoint_stage1"):
+        dvae({"checkpoint_stage1": str(tmp_path / "absent.pth")}).preflight()

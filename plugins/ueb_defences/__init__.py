@@ -28,6 +28,12 @@ def register_countermeasures(register):
         stage="protocol",
     )
     register(
+        "d-vae",
+        "ueb_defences.dvae:DVae",
+        summary="D-VAE (Yu et al., ICML'24): two-stage purification by rate-constrained VAEs trained on the poisoned set; plain track",
+        stage="data",
+    )
+    register(
         "early-stopping",
         "ueb_defences.early_stopping:EarlyStopping",
         summary="Early stopping on a held-out 10% of the training data, patience 10 (after Sandoval-Segura et al. 2022); plain track, no test labels",
