@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from ueb_attacks_clip.one_for_all import OneForAll
+from ueb_attacks_clip.tiny_clip import save_tiny_clip
 from ueb_attacks_clip.uc import UnlearnableClusters
 
 from ueb.errors import ConfigError
@@ -20,33 +21,8 @@ SMOKE_UC = UnlearnableClusters.presets["smoke"]
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised CLIP (1 layer, width 16, 32x32 input) with its processor."""
-    from tokenizers import pre_tokenizers
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    chars = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars])}
-    start, end = len(vocab), len(vocab) + 1
-    vocab.update({"<|startoftext|>": start, "<|endoftext|>": end})
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    tiny = {
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-    }
-    config = CLIPConfig(
-        text_config={**tiny, "vocab_size": len(vocab), "max_position_embeddings": 64,
-                     "bos_token_id": start, "eos_token_id": end, "pad_token_id": end},
-        vision_config={**tiny, "image_size": 32, "patch_size": 8},
-        projection_dim=8,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
-    return folder
+    """A randomly initialised tiny CLIP (1 layer, width 16, 32x32 input) with its processor."""
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 def uc_params(clip_dir: Path, **extra: object) -> dict[str, object]:
@@ -136,8 +112,12 @@ def test_uc_rejects_bad_settings() -> None:
 
 
 def test_registered_with_a_family() -> None:
+    registry = get_registry()
     for name in ("uc", "14a"):
-        assert get_registry().entries["poisoner"][name].meta.get("family") == "generative"
+        assert registry.get("poisoner", name).meta.get("family") == "generative"
+        # they need local weights the user names, so `-p all` plans without them
+        assert registry.left_out_of_all("poisoner", name) == "hidden"
+        assert name in registry.select("poisoner", ["family:generative"])
 
 
 # --------------------------------------------------------------------------------------- 14A
