@@ -262,3 +262,10 @@ def test_missing_timm_names_the_extra(monkeypatch):
     assert "pip install 'ueb[timm]'" in err.value.line()
     with pytest.raises(ConfigError, match="pip install"):
         victim.build(10, 32)
+
+
+def test_timm_release_is_part_of_the_victims_identity():
+    import timm
+
+    victim = get_registry().create("victim", "timm", {"arch": "resnet10t"})
+    assert victim.input_identity() == {"timm": timm.__version__}

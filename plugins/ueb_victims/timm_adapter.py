@@ -52,6 +52,10 @@ class TimmVictim(Victim):
                 f"{owner}: '{arch}' is not a timm architecture (timm {timm.__version__})", fix
             )
 
+    def input_identity(self) -> dict[str, Any]:
+        """The timm release: its definitions (and so the trained model) may change with it."""
+        return {"timm": str(import_timm(f"victim '{self.name}'").__version__)}
+
     def build(self, num_classes: int, image_size: int, in_channels: int = 3):
         from ueb.nn import Classifier
 
