@@ -18,31 +18,31 @@ def register_poisoners(register):
     register(
         "sem",
         "ueb_attacks_modern.sem:StableErrorMinimizing",
-        summary="SEM, stable error-minimising noise (Liu, Xu, Wang, Hu, AAAI 2024), sample-wise Linf 8/255",
+        summary="SEM, stable error-minimising noise (Liu, Xu, Chen, Sun, AAAI 2024), sample-wise Linf 8/255",
         family="error-minimising",
     )
     register(
         "aue",
         "ueb_attacks_modern.aue:AugmentedUnlearnable",
-        summary="AUE, augmented unlearnable examples (Wang, Zhu, Ge et al., NeurIPS 2024), sample-wise Linf 8/255",
+        summary="AUE, augmented unlearnable examples (Wang, Zhu, Gao, NeurIPS 2024), sample-wise Linf 8/255",
         family="contrastive",
     )
     register(
         "aap",
         "ueb_attacks_modern.aap:AugmentedAdversarialPoisoning",
-        summary="AAP, augmented adversarial poisoning, targeted (Wang, Zhu, Ge et al., NeurIPS 2024), sample-wise Linf 8/255",
+        summary="AAP, augmented adversarial poisoning, targeted (Wang, Zhu, Gao, NeurIPS 2024), sample-wise Linf 8/255",
         family="error-maximising",
     )
     register(
         "aap-untargeted",
         "ueb_attacks_modern.aap:AugmentedAdversarialPoisoning",
-        summary="AAP, untargeted variant (Wang, Zhu, Ge et al., NeurIPS 2024), sample-wise Linf 8/255",
+        summary="AAP, untargeted variant (Wang, Zhu, Gao, NeurIPS 2024), sample-wise Linf 8/255",
         family="error-maximising",
         defaults={"targeted": False},
     )
     register(
         "gue",
         "ueb_attacks_modern.gue:GameTheoreticUnlearnable",
-        summary="GUE, game-theoretic unlearnable example generator (Liu, Wang, Gao, AAAI 2024), U-Net generator, Linf 8/255",
+        summary="GUE, game-theoretic unlearnable example generator (Liu, Wang, Gao, AAAI 2024), U-Net generator, sample-wise Linf 8/255",
         family="generative",
     )

@@ -1,4 +1,4 @@
-"""AAP: augmented adversarial poisoning (Wang, Zhu, Ge, et al., NeurIPS 2024, "Efficient
+"""AAP: augmented adversarial poisoning (Wang, Zhu, Gao, NeurIPS 2024, "Efficient
 Availability Attacks against Supervised and Contrastive Learning Simultaneously").
 
 Error-maximising: a reference model is trained on the clean data with contrastive-strength

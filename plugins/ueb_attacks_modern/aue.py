@@ -1,4 +1,4 @@
-"""AUE: augmented unlearnable examples (Wang, Zhu, Ge, et al., NeurIPS 2024, "Efficient
+"""AUE: augmented unlearnable examples (Wang, Zhu, Gao, NeurIPS 2024, "Efficient
 Availability Attacks against Supervised and Contrastive Learning Simultaneously").
 
 Error-minimising noise whose bi-level search runs through *contrastive-strength* augmentations,

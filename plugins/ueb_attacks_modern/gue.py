@@ -1,4 +1,4 @@
-"""GUE: game-theoretic unlearnable example generator (Liu, Wang, Gao, et al., AAAI 2024).
+"""GUE: game-theoretic unlearnable example generator (Liu, Wang, Gao, AAAI 2024).
 
 The attacker (leader) and the victim (follower) play a Stackelberg game: the attacker's U-Net
 generator G gives each image the perturbation eps * G(x); the victim trains on the poisoned
@@ -145,7 +145,7 @@ class GameTheoreticUnlearnable(Poisoner):
             "leader": float(f_loss.detach()),
             "poison": float(g_cls.detach()),
             "q": float((g_cls - g_tmp).detach()),
-            "lambda": float(lam),
+            "lambda": float(lam.detach()),
         }
 
     # ----------------------------------------------------------------------------- search

@@ -1,4 +1,4 @@
-"""SEM: stable error-minimising noise (Liu, Xu, Wang, Hu, AAAI 2024, "Stable Unlearnable Example").
+"""SEM: stable error-minimising noise (Liu, Xu, Chen, Sun, AAAI 2024, "Stable Unlearnable Example").
 
 Follows liuyixin-louis/Stable-Unlearnable-Example (generate_stable_em.py,
 attacks/stable_workers.py, scripts/cifar10/gen_sem.sh). The loop is REM's: at every surrogate
@@ -34,8 +34,8 @@ class StableErrorMinimizing(Poisoner):
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"surrogate": "fastnet", "train_steps": 2, "samples": 1, "steps": 1,
                   "atk_steps": 1, "batch_size": 40},
-        "quick": {"surrogate": "fastnet", "train_steps": 300, "samples": 2, "steps": 5,
-                  "atk_steps": 3, "atk_step_size": 2 / 255, "lr_decay_every": 120},
+        "quick": {"surrogate": "fastnet", "train_steps": 100, "samples": 1, "steps": 3,
+                  "step_size": 3.2 / 255, "atk_steps": 2, "atk_step_size": 2 / 255, "lr_decay_every": 40},
     }  # fmt: skip
 
     @dataclass(frozen=True)
