@@ -418,3 +418,29 @@ def test_dvae_loads_official_checkpoints_and_rejects_bad_ones(tmp_path):
         dvae({**paths, "width": 16}).network(data, 1, ctx)
     with pytest.raises(ConfigError, match="checkpoint_stage1"):
         dvae({"checkpoint_stage1": str(tmp_path / "absent.pth")}).preflight()
+
+
+def test_dvae_training_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+    import ueb.atomic
+
+    cm = dvae({"epochs": 2})
+    data = make_imageset(per_class=4, num_classes=4, size=16)
+    ctx = make_run_context(tmp_path, seed=0)
+    whole = cm.train_network(data, 1, ctx, tmp_path / "whole").state_dict()
+
+    real_save = ueb.atomic.save_torch
+
+    class Interrupted(Exception):
+        pass
+
+    def save_then_stop(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise Interrupted
+
+    monkeypatch.setattr(ueb.atomic, "save_torch", save_then_stop)
+    with pytest.raises(Interrupted):
+        cm.train_network(data, 1, ctx, tmp_path / "resumed")
+    monkeypatch.setattr(ueb.atomic, "save_torch", real_save)
+    assert (tmp_path / "resumed" / "checkpoints" / "state.pt").exists()
+    resumed = cm.train_network(data, 1, ctx, tmp_path / "resumed").state_dict()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
