@@ -175,6 +175,13 @@ def run(
             help="Resolve and check everything, print the full configuration, compute nothing.",
         ),
     ] = False,
+    detectors: Annotated[
+        list[str],
+        typer.Option(
+            "--detectors",
+            help="Detectors to run on every poisoned set after the matrix (names, globs or 'all'; default: none).",
+        ),
+    ] = [],  # noqa: B006
 ) -> None:
     """Run the poisoner x countermeasure x victim matrix and print the Table I layout."""
     from ueb.config import build_config, load_matrix_file, parse_grid_flags, parse_param_flags
@@ -211,6 +218,9 @@ def run(
         targets = tuple(registry.select("poisoner", config.poisoners))
         config = build_config(file_values, {**flags, "params": parse_param_flags(param, targets)})
     plan = resolve(config, registry)  # every check; nothing is computed before this returns
+    from ueb.detection import resolve_detectors, run_detection
+
+    detector_specs = resolve_detectors(plan, registry, detectors)  # checked before any work too
 
     from ueb.progress import Progress
     from ueb.runner import MatrixRunner, default_run_dir
@@ -241,6 +251,7 @@ def run(
         _write_reports(runner.store, path, metric, out)
     finally:
         runner.store.close()  # a finished run is one self-contained file
+    run_detection(plan, registry, detector_specs, path, out, quiet=quiet)
     out.info(
         f"{summary.ok} cells done, {summary.skipped} reused, {summary.failed} failed in {summary.seconds:.0f}s; results in {path}"
         + (
