@@ -41,7 +41,7 @@ class UnlearnableClusters(Poisoner):
             "ngf": 4,
             "blocks": 1,
         },
-        "quick": {"epochs": 1, "max_steps": 4, "batch_size": 32, "ngf": 16, "blocks": 2},
+        "quick": {"epochs": 1, "max_steps": 4, "batch_size": 16, "ngf": 16, "blocks": 2},
     }
 
     @dataclass(frozen=True)
