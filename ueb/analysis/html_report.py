@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from pathlib import Path
 from typing import Any
 
 from ueb.analysis.figures import FigureOut, FigureSet
@@ -179,6 +180,38 @@ SECTIONS = (
 )
 
 
+def detection_html(run_dir: Path) -> str:
+    """The detection table of `detection.json` (written by `ueb run --detectors`), or ''."""
+    path = Path(run_dir) / "detection.json"
+    if not path.exists():
+        return ""
+    data = json.loads(path.read_text())
+
+    def interval(v: dict[str, Any], mark: str = "") -> str:
+        if v.get("mean") is None:
+            return "-"
+        half = f" ± {v['half']:.2f}" if v.get("half") is not None else ""
+        return f'{v["mean"]:.2f}{half}{mark} <span class="n">n={_e(v["n"])}</span>'
+
+    head = ["Dataset", "Poisoner", "Fraction", "Detector", "AUROC", "Accuracy"]
+    rows = []
+    for s in data.get("summary", []):
+        mark = "*" if "set-verdict" in str(s.get("auroc_kind", "")) else ""
+        rows.append(
+            "<tr>"
+            + "".join(f"<td>{_e(s[k])}</td>" for k in ("dataset", "poisoner"))
+            + f'<td class="num">{float(s["fraction"]):.0%}</td><td>{_e(s["detector"])}</td>'
+            + f'<td class="num">{interval(s["auroc"], mark)}</td>'
+            + f'<td class="num">{interval(s["accuracy"])}</td></tr>'
+        )
+    notes = "".join(f"<li>{_e(n)}</li>" for n in data.get("notes", []))
+    return (
+        '<h2 id="detection">Detection</h2><table class="results"><thead><tr>'
+        + "".join(f"<th>{_e(h)}</th>" for h in head)
+        + f'</tr></thead><tbody>{"".join(rows)}</tbody></table><ul class="tablenotes">{notes}</ul>'
+    )
+
+
 def render(run: RunData, table: ReportTable, figures: FigureSet) -> str:
     config = run.config
     title = f"ueb report: {run.manifest.get('run_id') or run.run_dir.name}"
@@ -189,6 +222,7 @@ def render(run: RunData, table: ReportTable, figures: FigureSet) -> str:
         f"datasets {_e(', '.join(config.get('datasets', [])))} · victims {_e(', '.join(config.get('victims', [])))}</p>",
         "<h2>Results (Table I layout)</h2>",
         table_html(table),
+        detection_html(run.run_dir),
     ]
     for kind, heading, blurb in SECTIONS:
         figs = figures.of(kind)
