@@ -269,3 +269,9 @@ def test_timm_release_is_part_of_the_victims_identity():
 
     victim = get_registry().create("victim", "timm", {"arch": "resnet10t"})
     assert victim.input_identity() == {"timm": timm.__version__}
+
+
+def test_all_victims_are_the_architectures_not_the_adapter():
+    chosen = get_registry().select("victim", ["all"])
+    assert set(NEW) <= set(chosen) and "timm" not in chosen
+    assert get_registry().left_out_of_all("victim", "timm") == "hidden"

@@ -64,4 +64,5 @@ def register_victims(register):
         "timm",
         "ueb_victims.timm_adapter:TimmVictim",
         summary="Any timm architecture (--param timm.arch=NAME), pretrained=False; needs pip install 'ueb[timm]'",
+        hidden_from_all=True,  # an adapter, not one architecture; and timm is optional
     )
