@@ -95,9 +95,13 @@ def test_uc_identity_follows_the_weights(clip_dir: Path, tmp_path: Path) -> None
     uc = UnlearnableClusters(UnlearnableClusters.Params(clip_path=str(copy)), name="uc")
     before = uc.input_identity()
     assert json.dumps(before) and "model.safetensors" in before["clip_files"]
+    assert uc.input_identity() == before
     weights = copy / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
-    assert uc.input_identity() != before
+    blob = weights.read_bytes()
+    weights.write_bytes(blob[:-1] + bytes([blob[-1] ^ 0xFF]))  # same size, other weights
+    after = uc.input_identity()
+    assert after["clip_files"]["model.safetensors"] != before["clip_files"]["model.safetensors"]
+    assert after["clip_files"]["config.json"] == before["clip_files"]["config.json"]
 
 
 def test_uc_rejects_bad_settings() -> None:

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from ueb.errors import ConfigError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, per process
+# (path, inode, size, mtime, ctime) -> sha256, so a process hashes an unchanged file once
+_HASHES: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def setting_fix(owner: str) -> str:
@@ -58,7 +59,7 @@ def folder_identity(folder: Path) -> dict[str, Any]:
     files: dict[str, Any] = {}
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
         if key not in _HASHES:
             digest = hashlib.sha256()
             with path.open("rb") as fh:
