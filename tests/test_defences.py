@@ -444,3 +444,9 @@ def test_dvae_training_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     assert (tmp_path / "resumed" / "checkpoints" / "state.pt").exists()
     resumed = cm.train_network(data, 1, ctx, tmp_path / "resumed").state_dict()
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_early_stopping_refuses_a_set_with_nothing_to_hold_out(tmp_path):
+    single = make_imageset(per_class=1, num_classes=4, size=16)
+    with pytest.raises(ConfigError, match="held out"):
+        fit_early_stopping(single, single, tmp_path)

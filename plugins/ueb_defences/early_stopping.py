@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ueb.errors import ConfigError
 from ueb.imageset import ImageSet
 from ueb.interfaces import (
     Batch,
@@ -100,6 +101,11 @@ class EarlyStopping(Countermeasure):
         cfg = trainer.cfg
         start = time.perf_counter()
         fit_part, held = holdout_split(train, p.holdout_fraction, ctx.seed + 4241)
+        if len(held) == 0:
+            raise ConfigError(
+                f"{self.name}: no class has two training images, so nothing can be held out",
+                "train on at least two images per class",
+            )
         model = trainer.prepare_model(model)
         opt, sched = trainer.optimizer(model.parameters())
         cpu_gen = torch.Generator().manual_seed(trainer.seed)
