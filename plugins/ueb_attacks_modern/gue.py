@@ -55,7 +55,7 @@ class GameTheoreticUnlearnable(Poisoner):
             "surrogate": "fastnet",
             "epochs": 1,
             "batch_size": 20,
-            "inner_steps": 1,
+            "inner_steps": 5,
             "generator_width": 4,
         },
         "quick": {"surrogate": "fastnet", "epochs": 2, "inner_steps": 3, "generator_width": 16},
