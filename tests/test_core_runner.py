@@ -309,6 +309,27 @@ def test_integrity_budgets_hold_after_rounding():
         check_poison(clean, one, Budget("l0", 1), False, "p")
 
 
+def test_rounding_slack_is_half_a_level_and_no_more():
+    grey = make_imageset(per_class=2, num_classes=2)
+    clean = grey.with_images(torch.full_like(grey.images, 100))  # room on both sides of every value
+    x = clean.float01()
+
+    def shifted(levels: float) -> torch.Tensor:
+        out = x.clone()
+        out[0, 0, 0, 0] += levels / 255
+        return out
+
+    linf, l2 = Budget("linf", 8 / 255), Budget("l2", 10 / 255)
+    check_poison(clean, shifted(8.49), linf, False, "p")  # 8.49/255 stores as 8 levels: inside
+    check_poison(clean, shifted(8), linf, False, "p")
+    for over in (8.51, 9):  # stored as 9 levels: one level more than eps, never absorbed
+        with pytest.raises(IntegrityError, match="Linf"):
+            check_poison(clean, shifted(over), linf, False, "p")
+    check_poison(clean, shifted(10), l2, False, "p")
+    with pytest.raises(IntegrityError, match="L2"):
+        check_poison(clean, shifted(11), l2, False, "p")  # one changed value: slack 0.5/255
+
+
 def test_chroma_share_is_what_grayscale_can_remove():
     clean = torch.full((4, 3, 8, 8), 128, dtype=torch.uint8)
     grey = clean + torch.tensor([4, 4, 4], dtype=torch.uint8)[None, :, None, None]

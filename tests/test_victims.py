@@ -47,10 +47,15 @@ def test_victim_builds_and_trains(name, tiny_set):
     assert model(x).shape == (3, tiny_set.num_classes)
     assert model.features(x).shape == (3, model.feature_dim)
     before = [p.detach().clone() for p in model.parameters()]
-    result = _smoke_trainer(iterations=4, eval_every=2, batch_size=16).fit(model, tiny_set, tiny_set)
+    trainer = _smoke_trainer(iterations=4, eval_every=2, batch_size=16)
+    result = trainer.fit(model, tiny_set, tiny_set)
     assert result.iterations == 4
-    assert 0.0 <= result.final_acc <= result.peak_acc <= 100.0
     assert [h["step"] for h in result.history] == [2, 4]
+    # the numbers are the returned model's: final = its accuracy now, peak = the best evaluation
+    assert result.final_acc == pytest.approx(trainer.evaluate(model, tiny_set))
+    assert result.history[-1]["acc"] == result.final_acc
+    assert result.peak_acc == max(h["acc"] for h in result.history)
+    assert all(h["loss"] > 0 for h in result.history)
     changed = sum(not torch.equal(a, b.detach().cpu()) for a, b in zip(before, model.parameters(), strict=True))
     assert changed == len(before)
 
