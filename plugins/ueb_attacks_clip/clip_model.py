@@ -122,7 +122,10 @@ def load_clip(clip_path: str, owner: str, device: torch.device) -> LocalCLIP:
     """The model in eval mode with frozen weights, on `device`; never downloads."""
     folder = check_folder(clip_path, owner)
     from transformers import CLIPModel, CLIPProcessor
+    from transformers.utils import logging as hf_logging
 
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a run prints one line per cell, not loading bars
     try:
         model = CLIPModel.from_pretrained(str(folder), local_files_only=True)
         processor = CLIPProcessor.from_pretrained(str(folder), local_files_only=True)
@@ -131,6 +134,9 @@ def load_clip(clip_path: str, owner: str, device: torch.device) -> LocalCLIP:
             f"{owner}: cannot load a CLIP model and processor from {folder} ({str(exc).splitlines()[0]})",
             setting_fix(owner),
         ) from exc
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     model = model.to(device).eval().float()
     for p in model.parameters():
         p.requires_grad_(False)
