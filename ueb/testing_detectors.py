@@ -29,7 +29,15 @@ import numpy as np
 import torch
 
 from ueb.imageset import ImageSet
-from ueb.testing import _instantiate, _seed, _who, _workdir, make_run_context, tiny_training
+from ueb.testing import (
+    _instantiate,
+    _seed,
+    _who,
+    _workdir,
+    is_numeric,
+    make_run_context,
+    tiny_training,
+)
 
 if typing.TYPE_CHECKING:
     from ueb.interfaces import Detection
@@ -122,14 +130,15 @@ def check_detector(
 
 
 def _check_bounded(cls: type, who: str) -> None:
-    """Every numeric parameter declares a range; a value just outside it is rejected."""
+    """Every numeric parameter declares a range (`ueb.testing` checks that) and a value just
+    outside it is rejected."""
     from ueb.errors import ConfigError
     from ueb.params import as_dict, bounds_of, parse_params
 
     hints = typing.get_type_hints(cls.Params)  # type: ignore[attr-defined]
     stored = as_dict(cls.Params())  # type: ignore[attr-defined]
     for f in dataclasses.fields(cls.Params):  # type: ignore[attr-defined]
-        if not _is_numeric(hints[f.name]):
+        if not f.init or not is_numeric(hints[f.name]):
             continue
         rng = bounds_of(f)
         if rng is None:
@@ -146,17 +155,6 @@ def _check_bounded(cls: type, who: str) -> None:
             raise AssertionError(
                 f"{who}: parameter '{f.name}' accepted {bad!r}, outside {rng.describe()}"
             )
-
-
-def _is_numeric(tp: Any) -> bool:
-    if tp in (int, float):
-        return True
-    args = [a for a in typing.get_args(tp) if a is not type(None) and a is not Ellipsis]
-    return (
-        bool(args)
-        and typing.get_origin(tp) is not typing.Literal
-        and all(_is_numeric(a) for a in args)
-    )
 
 
 def _detect_once(
