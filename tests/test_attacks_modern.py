@@ -16,9 +16,16 @@ import torch
 import torch.nn.functional as F
 from ueb_attacks_modern.aap import AugmentedAdversarialPoisoning
 from ueb_attacks_modern.aue import AugmentedUnlearnable
+from ueb_attacks_modern.certification import (
+    binomial_cdf,
+    certified_index,
+    certify,
+    smoothed_accuracies,
+)
 from ueb_attacks_modern.contrastive_augment import ContrastiveAugment
 from ueb_attacks_modern.cuda import ConvolutionBasedUnlearnable, draw_filters
 from ueb_attacks_modern.gue import GameTheoreticUnlearnable, leader_loss
+from ueb_attacks_modern.pue import ProvablyUnlearnable, WeightNoise
 from ueb_attacks_modern.schedule import cosine_factor
 from ueb_attacks_modern.sem import StableErrorMinimizing
 from ueb_attacks_modern.unet import PerturbationUNet
@@ -29,7 +36,7 @@ from ueb.params import bounds_of, parse_params
 from ueb.registry import get_registry
 from ueb.testing import check_poisoner, make_imageset, make_run_context, tiny_classifier
 
-NAMES = ["cuda", "sem", "aue", "aap", "aap-untargeted", "gue"]
+NAMES = ["cuda", "sem", "aue", "aap", "aap-untargeted", "gue", "pue"]
 FAMILIES = {"error-minimising", "error-maximising", "surrogate-free", "generative", "contrastive"}
 
 
@@ -78,6 +85,8 @@ def test_registered_with_a_family_and_every_number_bounded(name):
         (AugmentedUnlearnable, {"strength": 1.5}),
         (AugmentedAdversarialPoisoning, {"ref_warmup": 50, "ref_epochs": 40}),
         (GameTheoreticUnlearnable, {"batch_size": 1}),
+        (ProvablyUnlearnable, {"cert_q": 1.0}),
+        (ProvablyUnlearnable, {"cert_etas": [0.5, 0.0]}),
     ],
 )
 def test_out_of_range_settings_are_rejected_before_any_work(cls, values):
@@ -270,3 +279,62 @@ def test_gue_bome_step_moves_both_players_with_a_nonnegative_multiplier():
         not torch.equal(a, b) for a, b in zip(before_gen, gen.parameters(), strict=True)
     )
     assert moved_gen == (stats["lambda"] > 0)
+
+
+# --------------------------------------------------------------------------- PUE
+
+
+def test_binomial_cdf_is_exact():
+    assert binomial_cdf(0, 3, 0.5) == pytest.approx(1 / 8)
+    assert binomial_cdf(1, 3, 0.5) == pytest.approx(4 / 8)
+    assert binomial_cdf(3, 3, 0.5) == 1.0 and binomial_cdf(-1, 3, 0.5) == 0.0
+    assert binomial_cdf(899, 1000, 0.9) == pytest.approx(0.4734, abs=5e-4)  # symmetric-ish centre
+
+
+def test_certificate_follows_the_official_rule():
+    # q_upper = Phi(Phi^-1(0.9) + eta / sigma); the bound is the smallest k with BinomCDF(k-1) > 0.99
+    k = certified_index(1000, 0.9, 0.001, 0.25, 0.99)
+    assert k is not None and 920 <= k <= 925  # 900 + 2.33 * sqrt(90) draws, give or take the step
+    assert certified_index(20, 0.9, 0.001, 0.25, 0.99) is None  # 20 draws cannot reach 99%
+    assert certified_index(1000, 0.9, 2.0, 0.25, 0.99) is None  # q_upper ~ 1: abstain
+    scores = [float(v) for v in range(1000)]
+    bounds = certify(scores, 0.9, (0.001, 0.05, 0.1, 2.0), 0.25, 0.99)
+    assert bounds["0.001"] == float(k)
+    assert bounds["0.001"] <= bounds["0.05"] <= bounds["0.1"] and bounds["2"] is None
+
+
+def test_weight_noise_levels_and_restoration():
+    pue = build(ProvablyUnlearnable)
+    assert pue.levels == pytest.approx(
+        [0.0, 0.05, 0.1, 0.15, 0.2, 0.25]
+    )  # int(0.25 / 0.05) + 1 levels
+    torch.manual_seed(0)
+    model = tiny_classifier(4)
+    before = [p.detach().clone() for p in model.parameters()]
+    gen = torch.Generator().manual_seed(0)
+    with WeightNoise(model, 0.25, gen):
+        moved = [p.detach().clone() for p in model.parameters()]
+    assert any(not torch.allclose(a, b) for a, b in zip(before, moved, strict=True))
+    assert all(
+        torch.allclose(a, b, atol=1e-6) for a, b in zip(before, model.parameters(), strict=True)
+    )
+    scores = smoothed_accuracies(model, lambda m: float(m.head.weight.sum()), 0.1, 5, gen)
+    assert len(scores) == 5 and len(set(scores)) == 5
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_pue_reports_its_certificate_and_is_class_wise(tmp_path):
+    data = make_imageset(per_class=5, num_classes=4, size=16)
+    pue = build(ProvablyUnlearnable, **ProvablyUnlearnable.presets["smoke"])
+    out = pue.poison(data, make_run_context(tmp_path, owner=pue))
+    facts = pue.report()
+    assert set(facts["certified_learnability"]) == {f"{e:g}" for e in pue.params.cert_etas}
+    cert = facts["certification"]
+    assert cert["draws"] == 50 and cert["q"] == 0.9 and cert["sigma"] == 0.25
+    assert facts["certified_learnability"]["0.001"] is not None  # 50 draws certify small eta
+    assert 0 <= facts["certified_learnability"]["0.001"] <= 100
+    d = out - data.float01()
+    assert float(d.abs().max()) <= 8 / 255 + 1e-6
+    again = build(ProvablyUnlearnable, **ProvablyUnlearnable.presets["smoke"])
+    again.poison(data, make_run_context(tmp_path, owner=again))
+    assert again.report() == facts  # the certificate comes back with the cached poison

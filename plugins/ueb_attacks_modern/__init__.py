@@ -46,3 +46,9 @@ def register_poisoners(register):
         summary="GUE, game-theoretic unlearnable example generator (Liu, Wang, Gao, AAAI 2024), U-Net generator, sample-wise Linf 8/255",
         family="generative",
     )
+    register(
+        "pue",
+        "ueb_attacks_modern.pue:ProvablyUnlearnable",
+        summary="PUE, provably unlearnable examples with certified (q, eta)-learnability (Wang, Xue, Li, Camtepe, Zhu, NDSS 2025), class-wise Linf 8/255",
+        family="error-minimising",
+    )
