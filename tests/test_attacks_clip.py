@@ -187,3 +187,20 @@ def test_14a_preflight_and_bounds(tmp_path: Path) -> None:
         with pytest.raises(ConfigError):
             parse_params(OneForAll.Params, bad, "14a")
     assert OneForAll(name="14a").requires()[0].name == "imagenet-subset"
+
+
+def test_the_clip_matrix_resolves_once_clip_path_is_given(clip_dir: Path, tmp_path: Path) -> None:
+    from ueb.config import build_config, load_matrix_file
+    from ueb.plan import resolve
+
+    matrix = Path(__file__).parents[1] / "benchmarks" / "matrices" / "clip-attacks.toml"
+    values = load_matrix_file(matrix)
+    with pytest.raises(ConfigError, match="clip_path"):  # the placeholder is no folder
+        resolve(build_config(values, {}), get_registry(), load_data=False)
+    names = tmp_path / "index.json"
+    names.write_text(json.dumps({"0": ["n01440764", "tench"]}))
+    local = {"clip_path": str(clip_dir)}
+    flags = {"params": {"uc": local, "14a": {**local, "concept_names": str(names)}}}
+    plan = resolve(build_config(values, flags), get_registry(), load_data=False)
+    assert plan.poisoners == ("clean", "uc", "14a") and len(plan.countermeasures) == 14
+    assert "clip_files" in plan.specs[("poisoner", "uc")].inputs

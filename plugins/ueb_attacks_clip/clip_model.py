@@ -127,7 +127,7 @@ def load_clip(clip_path: str, owner: str, device: torch.device) -> LocalCLIP:
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a run prints one line per cell, not loading bars
     try:
-        model = CLIPModel.from_pretrained(str(folder), local_files_only=True)
+        model: Any = CLIPModel.from_pretrained(str(folder), local_files_only=True)
         processor = CLIPProcessor.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ConfigError(
