@@ -240,13 +240,19 @@ def run(
         warn=out.warn,
     )
     out.introduce(plan, path, runner.preview(), brief=quiet)
+    from ueb.stopping import RunInterrupted, exit_code_of, stop_on_signals
+
     try:
-        summary = runner.execute()
-    except KeyboardInterrupt:
+        with stop_on_signals():
+            summary = runner.execute()
+    except KeyboardInterrupt as exc:
+        done = len(runner.store.done_ids())
+        why = f"stopped by {exc.name}" if isinstance(exc, RunInterrupted) else "interrupted"
         out.error(
-            f"interrupted; finished cells are saved in {path} (re-run the same command to resume)"
+            f"{why}: {done} of {len(plan.cells)} cells are saved in {path} (cells in flight are "
+            "recomputed); re-run the same command to resume"
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(exit_code_of(exc)) from None
     try:
         _write_reports(runner.store, path, metric, out)
     finally:

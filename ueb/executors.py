@@ -8,6 +8,7 @@ per (dataset, poisoner, seed), shared by all its cells through the on-disk cache
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +18,7 @@ from ueb.config import RunConfig
 from ueb.errors import ConfigError
 from ueb.plan import Cell
 from ueb.policy import one_line, recoverable
+from ueb.stopping import init_worker_process
 from ueb.store import CellRecord
 from ueb.worker import CellWorker, Job
 
@@ -51,12 +53,6 @@ def cell_task(job: Job, cell: Cell) -> tuple[CellRecord, bool]:
     return record, fatal is not None
 
 
-def _init_process(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 class ProcessPool:
     """A local pool of spawned processes (safe with torch), each with the plan's intra-op
     threads (part of the numerics, so a cell computes alike in any pool)."""
@@ -65,15 +61,32 @@ class ProcessPool:
         self.pool = cf.ProcessPoolExecutor(
             workers,
             mp_context=mp.get_context("spawn"),
-            initializer=_init_process,
-            initargs=(threads,),
+            initializer=init_worker_process,  # light module: protected before torch loads
+            initargs=(os.getpid(), threads),
         )
 
     def __enter__(self) -> ProcessPool:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        else:  # stopping (a signal, a fatal error): cells in flight are abandoned, not awaited
+            self.kill()
+
+    def kill(self) -> None:
+        """End every worker now (SIGTERM, then SIGKILL after 2 s) and drop queued cells."""
+        processes = list(getattr(self.pool, "_processes", {}).values())
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            with contextlib.suppress(Exception):
+                proc.terminate()
+        for proc in processes:
+            with contextlib.suppress(Exception):
+                proc.join(2.0)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(1.0)
 
     def map_unordered(
         self, fn: Callable[..., Any], args: Iterable[tuple[Any, ...]]
