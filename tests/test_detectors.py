@@ -104,6 +104,14 @@ def test_simple_net_ranks_a_planted_shortcut_above_clean_images(tmp_path):
     assert auroc(found.scores, mask) > 0.5 + _tolerance(mask)
 
 
+def test_the_seed_draws_the_split_and_the_initialisation(tmp_path):
+    clean = make_patternless_set()
+    first, again = (_detect("simple-net-linear", clean, tmp_path / str(i)) for i in (0, 1))
+    other = _detect("simple-net-linear", clean, tmp_path / "2", seed=1)
+    assert np.array_equal(first.scores, again.scores)
+    assert not np.allclose(first.scores, other.scores)
+
+
 def test_simple_net_cannot_tell_random_noise_from_clean_images(tmp_path):
     """Sample-wise random +-8/255 noise is no shortcut: the scores of noisy and clean images
     differ by no more than chance does (3 standard deviations of a chance AUROC)."""

@@ -70,8 +70,9 @@ def cross_fit(
     accuracy: list[float] = []
     for k, held in enumerate(parts):
         fit_idx = np.setdiff1d(np.arange(len(train)), held, assume_unique=True)
-        torch.manual_seed(seed * 1_000 + k)
-        model = build().to(device)
+        with torch.random.fork_rng(devices=[]):  # the caller's global generator stays as it was
+            torch.manual_seed(seed * 1_000 + k)
+            model = build().to(device)
         gen = torch.Generator().manual_seed(seed * 1_000 + k)
         _fit(model, x[fit_idx], y[fit_idx], settings, gen, device)
         logits = _logits(model, x[held], device)
