@@ -168,14 +168,7 @@ class CaiT(Victim):
     version: ClassVar[str] = "1"
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"dim": 32, "depth": 2, "cls_depth": 1, "heads": 2, "dim_head": 16, "mlp_dim": 32},
-        "quick": {
-            "dim": 128,
-            "depth": 4,
-            "cls_depth": 2,
-            "heads": 4,
-            "dim_head": 32,
-            "mlp_dim": 128,
-        },
+        "quick": {"dim": 96, "depth": 4, "cls_depth": 2, "heads": 3, "dim_head": 32, "mlp_dim": 96},
     }
 
     @dataclass(frozen=True)

@@ -75,7 +75,7 @@ class MobileNetV2(Victim):
     version: ClassVar[str] = "1"
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"width_mult": 0.25},
-        "quick": {"width_mult": 0.5},
+        "quick": {"width_mult": 0.35},
     }
 
     @dataclass(frozen=True)
