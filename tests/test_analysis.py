@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -179,8 +180,12 @@ def test_html_report_is_self_contained(smoke_run, tmp_path):
     assert torch.__version__ in page and "Manifest" in page  # versions and device come with it
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (Debian package `chromium`; CI installs it)")
+@pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("CI"),
+    reason="headless Chromium is not installed (Debian package `chromium`; CI installs it)",
+)
 def test_html_report_renders_in_headless_chromium(smoke_run, tmp_path):
+    assert CHROMIUM, "CI is set but headless Chromium is not installed: .ci/run installs the Debian package `chromium`"
     target = tmp_path / "report.html"
     assert _cli("html", str(smoke_run), "--out", str(target), "--only", "heatmap,perturbations", "--samples", "4").exit_code == 0
     # A probe copy records, once the page has loaded, the decoded width of every image.
@@ -209,7 +214,7 @@ def test_html_report_renders_in_headless_chromium(smoke_run, tmp_path):
     assert pixels.std() > 5  # something was painted
 
 
-def test_heatmap_marks_missing_and_failed_cells(tmp_path):
+def test_heatmap_marks_missing_and_failed_cells(tmp_path, monkeypatch):
     from ueb.analysis.figures import heatmaps
     from ueb.analysis.rundata import RunData
 
@@ -219,9 +224,23 @@ def test_heatmap_marks_missing_and_failed_cells(tmp_path):
     store.put(CellRecord("c", 2, "d", "em", "cutout", "v", 0, status="ok", final_acc=14.5))
     store.put(CellRecord("e", 3, "d2", "em", "cutout", "v", 0, status="ok", final_acc=20.0))
     store.close()
+    from ueb.analysis import plots
+
+    drawn = []
+    real = plots.heatmap
+
+    def spy(values, rows, columns, texts, title):
+        drawn.append((values.copy(), list(rows), list(columns), [list(t) for t in texts]))
+        return real(values, rows, columns, texts, title)
+
+    monkeypatch.setattr(plots, "heatmap", spy)
     figs = heatmaps(RunData.open(tmp_path))
     assert [f.name for f in figs] == ["heatmap_d_v", "heatmap_d2_v"]
     assert all(_decode(f.png).width > 50 for f in figs)
+    values, rows, columns, texts = drawn[0]
+    assert rows == ["clean", "em"] and columns == ["vanilla", "cutout"]
+    assert texts == [["91.0", "-"], ["err", "14.5"]]  # the failed cell and the one never run
+    assert np.isnan(values[0, 1]) and np.isnan(values[1, 0]) and values[1, 1] == 14.5
 
 
 def test_seed_figure_draws_every_seed_and_marks_latched_ones(tmp_path):
@@ -279,5 +298,7 @@ def test_models_restore_to_the_saved_weights(smoke_run):
     clean = run.clean_train(rec.dataset)
     model = run.load_model(rec, clean)
     saved = torch.load(run.model_path(rec), weights_only=True)["state_dict"]
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    state = model.state_dict()
+    assert saved and set(saved) == set(state)  # every tensor saved, none left out of the check
+    assert all(torch.equal(state[k], v) for k, v in saved.items())
     assert not model.training

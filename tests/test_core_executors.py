@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from core_helpers import FIXTURES, run_cli
 
@@ -19,7 +21,10 @@ def sequential(tmp_path_factory):
     d = tmp_path_factory.mktemp("seq")
     res = run_cli(*ARGS, "--run-dir", str(d / "run"), env={"UEB_CACHE": str(d / "cache")})
     assert res.returncode == 0, res.stderr
-    return _rows(d / "run")
+    rows = _rows(d / "run")
+    # clean and random-noise x identity and invert, every one trained: two empty stores are equal too
+    assert len(rows) == 4 and all(status == "ok" and acc is not None for _, status, acc, _ in rows)
+    return rows
 
 
 @pytest.mark.slow
@@ -31,7 +36,10 @@ def test_process_pool_matches_sequential(sequential, tmp_path):
 
 @pytest.mark.slow
 def test_ray_executor_matches_sequential(sequential, tmp_path):
-    pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'ueb[ray]')")
+    if os.environ.get("CI"):  # the test extras CI installs include Ray: missing there is a failure
+        import ray  # noqa: F401
+    else:
+        pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'ueb[ray]')")
     res = run_cli(*ARGS, "--executor", "ray", "--workers", "2", "--run-dir", str(tmp_path / "run"), env={"UEB_CACHE": str(tmp_path / "cache")}, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     rows = _rows(tmp_path / "run")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tarfile
 from pathlib import Path
@@ -74,7 +75,10 @@ def test_markdown_report_matches_the_golden_file():
     text = to_markdown(build_table(fixed_records(), "final", CONFIG))
     golden = GOLDEN / "table.md"
     if os.environ.get("UEB_ACCEPT_GOLDEN"):
+        # a person accepts a golden after reading its diff; CI only ever compares
+        assert os.environ.get("CI", "").lower() not in ("1", "true", "yes"), "UEB_ACCEPT_GOLDEN is set under CI"
         golden.write_text(text)
+        pytest.skip(f"accepted {golden.name}: read `git diff {golden}`, then run the test without UEB_ACCEPT_GOLDEN")
     assert text == golden.read_text()
 
 
@@ -106,11 +110,21 @@ def test_pivot_by_victim_gives_one_column_per_architecture():
 
 
 def test_other_formats_render_every_row():
+    import csv
+    import json
+
     table = build_table(fixed_records(), "peak", CONFIG)
     # The header, then one line per row and column (Mean and Max too).
     assert to_csv(table).count("\n") == 1 + 3 * 4
     assert "\\pm" in to_latex(table) and "\\bottomrule" in to_latex(table)
     assert '"poisoner": "deephiding"' in to_json(table)
+    # The peak table holds the peak accuracies (final + 1 in these records), not the final ones.
+    rows = {(r["poisoner"], r["column"]): r for r in csv.DictReader(io.StringIO(to_csv(table)))}
+    assert float(rows["deephiding", "vanilla"]["mean"]) == pytest.approx((11.08 + 11.5) / 2)
+    assert float(rows["clean", "Max"]["mean"]) == pytest.approx((95.59 + 95.41) / 2)
+    dh = next(r for r in json.loads(to_json(table))["rows"] if r["poisoner"] == "deephiding")
+    assert [s["value"] for s in dh["cells"]["jpeg10"]["per_seed"]] == pytest.approx([85.98, 86.4])
+    assert "11.29" in to_latex(table) and "10.29" not in to_latex(table)
 
 
 def test_store_round_trip_and_exports(tmp_path):
