@@ -277,6 +277,7 @@ def _write_reports(store: Any, path: Path, metric: str, out: Output) -> None:
     from ueb.report import EXTENSIONS, RENDERERS, build_table, to_markdown
 
     table = build_table(store.records(), metric, store.manifest().get("config"))  # type: ignore[arg-type]
+    _note_state(table, store)
     texts = {fmt: render(table) for fmt, render in RENDERERS.items()}
     for fmt, text in texts.items():
         write_text(path / f"table.{EXTENSIONS[fmt]}", text, what="the result tables")
@@ -286,19 +287,61 @@ def _write_reports(store: Any, path: Path, metric: str, out: Output) -> None:
 # --------------------------------------------------------------------------- report / show / export
 
 
-def _run_path(run: str) -> Path:
+def _run_path(run: str | None) -> Path:
+    """A run directory given as a path or a name under runs/; None: the latest run there."""
+    if run is None:
+        from ueb.store import DB_NAME
+
+        found = sorted(
+            (p.stat().st_mtime, p.parent) for p in Path("runs").glob(f"*/{DB_NAME}") if p.is_file()
+        )
+        if not found:
+            raise UebError(
+                "no run given and none under runs/", "pass a run directory printed by `ueb run`"
+            )
+        return found[-1][1]
     p = Path(run)
     if not p.exists() and (Path("runs") / run).exists():
         p = Path("runs") / run
     return p
 
 
+def _note_state(table: Any, store: Any, out: Output | None = None) -> None:
+    """A table of an unfinished run says so first, in every format that has notes, and on
+    stderr (CSV has no notes)."""
+    line = store.state().line()
+    if line:
+        table.notes.insert(0, line)
+        if out is not None:
+            out.warn(line)
+
+
+# The format `-o FILE` writes when --format is not given, by the file's extension.
+_FORMAT_BY_SUFFIX = {
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".csv": "csv",
+    ".tex": "latex",
+    ".json": "json",
+    ".html": "html",
+    ".htm": "html",
+}
+
+
 @app.command()
 def report(
-    run: Annotated[str, typer.Argument(help="A run directory (or its name under runs/).")],
+    run: Annotated[
+        str | None,
+        typer.Argument(help="A run directory (or its name under runs/); default: the latest."),
+    ] = None,
     format: Annotated[
-        str, typer.Option("--format", "-f", help="rich | markdown | csv | latex | json | html")
-    ] = "rich",
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="rich | markdown | csv | latex | json | html (default: rich, or by -o's extension)",
+        ),
+    ] = None,
     metric: Annotated[str, typer.Option("--metric", help="final | peak")] = "final",
     out_file: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write to this file instead of the terminal.")
@@ -315,6 +358,10 @@ def report(
     ] = "vanilla",
 ) -> None:
     """Render a run's results in the paper's Table I layout (or pivoted by victim)."""
+    if format is None:
+        format = _FORMAT_BY_SUFFIX.get(out_file.suffix.lower(), "markdown") if out_file else "rich"
+    elif format == "rich" and out_file is not None:
+        format = "markdown"  # a file gets the plain table, never nothing
     if format == "html":
         from ueb.analysis.commands import write_html
 
@@ -337,6 +384,7 @@ def report(
         table = pivot_by_victim(store.records(), countermeasure, chosen, config)
     else:
         table = build_table(store.records(), chosen, config)
+    _note_state(table, store, out)
     if format == "rich":
         out.report_table(table, plain=to_markdown(table))
         return

@@ -124,6 +124,7 @@ class MatrixRunner:
             environment=self.environment,
             run_id=self.plan.run_id(),
             cache_root=self.job.cache_root,
+            planned_cells=[c.id for c in cells],
         )
         done = self.store.done_ids()
         reused = self.reuse_finished_cells([c for c in cells if c.id not in done])

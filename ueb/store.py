@@ -129,6 +129,54 @@ _BUGS = (
 )  # ueb's own mistakes keep their traceback
 
 
+@dataclass(frozen=True)
+class RunState:
+    planned: int
+    ok: int
+    failed: int
+    missing: int
+    running: bool
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0 and self.failed == 0 and not self.running
+
+    def line(self) -> str:
+        """'run in progress: 40 of 126 cells done, 2 failed, 84 not yet computed' ('' if complete)."""
+        if self.complete:
+            return ""
+        head = "run in progress" if self.running else "incomplete run"
+        parts = [f"{self.ok} of {self.planned} cells done"]
+        if self.failed:
+            parts.append(f"{self.failed} failed")
+        if self.missing:
+            parts.append(
+                f"{self.missing} {'running or queued' if self.running else 'missing (re-run its command to resume)'}"
+            )
+        return f"{head}: " + ", ".join(parts)
+
+
+def _lock_held(path: Path) -> bool:
+    """True when another process holds the run directory's lock (a run is writing)."""
+    import fcntl
+
+    if not path.exists():
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 class Store:
     """Read-write (`Store(run_dir)`, created if missing) or read-only (`Store.open_existing`)."""
 
@@ -183,6 +231,7 @@ class Store:
         self._conn = sqlite3.connect(self.path, timeout=30)
         if existed:
             self._check()
+            self._refuse_foreign()
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         cols = ", ".join(
@@ -227,6 +276,19 @@ class Store:
             raise UebError(
                 f"{self.path} is not a ueb results store (no cells table)",
                 "pass the run directory printed by `ueb run`",
+            )
+
+    def _refuse_foreign(self) -> None:
+        """An SQLite file that is not a ueb store is never adopted (nor written into)."""
+        tables = {
+            r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        cols = {row[1] for row in self.conn.execute("PRAGMA table_info(cells)")}
+        if "cells" not in tables or "cell_id" not in cols:
+            shown = ", ".join(sorted(tables)[:4]) or "none"
+            raise UebError(
+                f"{self.path} is an SQLite file but not a ueb results store (tables: {shown})",
+                "pass another --run-dir, or move the file away",
             )
 
     def _check(self) -> None:
@@ -338,6 +400,24 @@ class Store:
             return {k: json.loads(v) for k, v in rows}
         except ValueError as exc:
             raise self._damaged(f"unreadable manifest entry ({exc})") from exc
+
+    def state(self) -> RunState:
+        """How complete the run is: cells planned, finished, failed, missing; whether a run is
+        writing into this directory now (its lock is held)."""
+        planned = self.manifest().get("planned_cells")
+        with self._errors():
+            rows = self.conn.execute("SELECT cell_id, status FROM cells").fetchall()
+        status = {cid: st for cid, st in rows}
+        ok = sum(1 for s in status.values() if s == "ok")
+        failed = sum(1 for s in status.values() if s != "ok")
+        missing = sum(1 for cid in planned if cid not in status) if isinstance(planned, list) else 0
+        return RunState(
+            planned=len(planned) if isinstance(planned, list) else len(status),
+            ok=ok,
+            failed=failed,
+            missing=missing,
+            running=_lock_held(self.run_dir / ".lock"),
+        )
 
     # -- cells ------------------------------------------------------------------------------
 

@@ -105,7 +105,7 @@ def plot(
     for fig in figures.figures:
         write_bytes(folder / f"{fig.name}.png", fig.png, what="the figures")
     for note in figures.notes:
-        out.log(f"[yellow]skipped[/yellow] {note}")
+        out.log(f"skipped {note}")
     out.info(f"wrote {len(figures.figures)} PNG files to {folder}")
 
 
@@ -146,6 +146,8 @@ def write_html(
     out = out or Output()
     data = RunData.open(run_dir)
     table = build_table(data.records, _metric(metric), data.config)  # type: ignore[arg-type]
+    if data.state_line:
+        table.notes.insert(0, data.state_line)
     figures = make_figures(
         data,
         kinds or list(FIGURE_KINDS),

@@ -43,12 +43,15 @@ class RunData:
     manifest: dict[str, Any]
     registry: Registry | None = None
     _clean: dict[str, ImageSet | Missing] = field(default_factory=dict)
+    state_line: str = ""  # '' for a complete run, else what is missing or running
 
     @classmethod
     def open(cls, run_dir: Path, registry: Registry | None = None) -> RunData:
         store = Store.open_existing(Path(run_dir))
         try:
-            return cls(Path(run_dir), store.records(), store.manifest(), registry)
+            data = cls(Path(run_dir), store.records(), store.manifest(), registry)
+            data.state_line = store.state().line()
+            return data
         finally:
             store.close()
 
