@@ -252,7 +252,8 @@ def test_gue_leader_loss_is_the_worst_wrong_class_cross_entropy():
 def test_gue_generator_keeps_the_shape_within_the_unit_ball(size):
     torch.manual_seed(0)
     gen = PerturbationUNet(3, width=4)
-    out = gen(torch.rand(2, 3, size, size))
+    with torch.no_grad():
+        out = gen(torch.rand(2, 3, size, size))
     assert out.shape == (2, 3, size, size)
     assert float(out.abs().max()) < 1
 
@@ -339,3 +340,24 @@ def test_pue_reports_its_certificate_and_is_class_wise(tmp_path):
     again = build(ProvablyUnlearnable, **ProvablyUnlearnable.presets["smoke"])
     again.poison(data, make_run_context(tmp_path, owner=again))
     assert again.report() == facts  # the certificate comes back with the cached poison
+
+
+def test_pue_robust_steps_train_and_perturb_through_weight_noise(small):
+    x, y, model = small
+    pue = build(ProvablyUnlearnable, robust_noise=0.1, weight_draws=2, perturb_draws=2)
+    assert len(pue.levels) == 3
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        clean = F.cross_entropy(model(x), y)
+    delta = pue.noise_update(model, x, y, torch.zeros_like(x), robust=True, gen=gen)
+    assert float(delta.abs().max()) <= 8 / 255 + 1e-7
+    with torch.no_grad():
+        assert F.cross_entropy(model((x + delta).clamp(0, 1)), y) < clean  # 3 signed steps downhill
+    torch.manual_seed(1)
+    net = tiny_classifier(4)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in net.parameters()]
+    pue.robust_step(net, opt, x, y, gen)
+    after = list(net.parameters())
+    assert all(bool(torch.isfinite(p).all()) for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))

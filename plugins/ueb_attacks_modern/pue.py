@@ -52,6 +52,8 @@ class WeightNoise:
         self.noise: list[torch.Tensor] = []
 
     def __enter__(self) -> WeightNoise:
+        if self.scale == 0:  # the noiseless level: nothing to add
+            return self
         with torch.no_grad():
             for p in self.params:
                 z = (
@@ -63,6 +65,8 @@ class WeightNoise:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if not self.noise:
+            return
         with torch.no_grad():
             for p, z in zip(self.params, self.noise, strict=True):
                 p.sub_(z)
@@ -186,9 +190,8 @@ class ProvablyUnlearnable(Poisoner):
                     with WeightNoise(model, scale, gen):
                         (g,) = torch.autograd.grad(F.cross_entropy(model(z), yb), [z])
                     grad += g
-                with torch.no_grad():
+                with torch.no_grad():  # eta as the official code returns it: clipped to eps only
                     delta = ((z - p.step_size * grad.sign()) - xb).clamp(-p.eps, p.eps)
-                    delta = (xb + delta).clamp(0, 1) - xb
         return delta
 
     # ----------------------------------------------------------------------------- search
