@@ -123,7 +123,13 @@ def parse_grid_flags(items: list[str]) -> dict[str, dict[str, list[str]]]:
                 "write e.g. --grid iss-jpeg.quality=2,4,6,8,10",
             )
         plugin, param = key.split(".", 1)
-        out.setdefault(plugin, {})[param] = [v for v in values.split(",") if v]
+        listed = [v for v in (s.strip() for s in values.split(",")) if v]
+        if not plugin or not param or not listed:
+            raise ConfigError(
+                f"--grid '{item}' names no {'values' if plugin and param else 'plugin or parameter'}",
+                "write PLUGIN.KEY=V1,V2, e.g. --grid iss-jpeg.quality=2,4,6,8,10",
+            )
+        out.setdefault(plugin, {})[param] = listed
     return out
 
 

@@ -17,6 +17,7 @@ import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from ueb import identity
@@ -490,6 +491,40 @@ def _check_execution(config: RunConfig) -> None:
             raise ConfigError(
                 f"--run-dir {config.run_dir} is a file", "pass a folder (it is created if missing)"
             )
+        check_writable_folder(Path(config.run_dir), "--run-dir")
+    from ueb.artifacts import default_cache_root
+
+    cache = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_root()
+    check_writable_folder(cache, "--cache-dir" if config.cache_dir else "the cache (UEB_CACHE)")
+
+
+NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """`folder` can be created (or exists as a folder) and written to, before any work: a cache
+    that is a file, on a read-only disk or behind a too-long name would fail every cell."""
+    import os
+
+    for part in folder.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise ConfigError(
+                f"{what}: the folder name '{part[:24]}...' is {len(os.fsencode(part))} bytes, "
+                f"over the {NAME_MAX} a file system allows",
+                "choose a shorter path",
+            )
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(
+            f"{what} {folder}: {existing} is a file, not a folder", "pass a folder path"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{what} {folder} cannot be written ({existing} is read-only for this user)",
+            "pass a writable folder",
+        )
 
 
 def _check_seeds(seeds: tuple[int, ...]) -> tuple[int, ...]:

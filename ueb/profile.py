@@ -92,9 +92,13 @@ def load_profile(name_or_path: str) -> Profile:
     if not path.suffix:
         path = PROFILE_DIR / f"{name_or_path}.toml"
     if not path.exists():
+        from ueb.params import closest
+
+        hint = closest(name_or_path, available_profiles())
         raise ConfigError(
             f"unknown profile '{name_or_path}'",
-            f"use one of {', '.join(available_profiles())} or a .toml path",
+            (f"did you mean '{hint}'? " if hint else "")
+            + f"(profiles: {', '.join(available_profiles())}, or a .toml path)",
         )
     try:
         raw = tomllib.loads(path.read_text())

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ueb.errors import DataError
+from ueb.imageset import ImageSet
 from ueb.interfaces import Dataset, Splits
 from ueb.profile import DataConfig
 
@@ -27,12 +28,29 @@ def load_splits(dataset: Dataset, digest: str, data_root: str | None, data: Data
                 f"dataset '{dataset.name}' returned {type(splits).__name__}, not Splits",
                 "fix the dataset plugin's load()",
             )
+        for part, images in (("train", splits.train), ("test", splits.test)):
+            _check_labels(dataset.name, part, images)
         _MEMO[key] = Splits(
             splits.train.first_per_class(data.train_per_class),
             splits.test.first_per_class(data.test_per_class),
             splits.source,
         )
     return _MEMO[key]
+
+
+def _check_labels(name: str, part: str, images: ImageSet) -> None:
+    """Labels must name the dataset's classes (0..K-1): a corrupt archive is one line here, not
+    a torch error deep inside a poisoner or an integrity check."""
+    if len(images) == 0:
+        raise DataError(f"dataset '{name}' has an empty {part} split", "check the dataset files")
+    low, high = int(images.labels.min()), int(images.labels.max())
+    if low < 0 or high >= images.num_classes:
+        bad = low if low < 0 else high
+        raise DataError(
+            f"dataset '{name}' has {part} label {bad}, outside 0..{images.num_classes - 1} "
+            f"for its {images.num_classes} classes",
+            "the dataset files are damaged or of another dataset: replace them",
+        )
 
 
 def forget() -> None:

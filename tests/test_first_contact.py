@@ -1,0 +1,70 @@
+"""Values checked before any work: profiles, grids, cache and run folders, dataset labels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from core_helpers import run_cli
+
+from ueb.errors import ConfigError, DataError
+from ueb.imageset import ImageSet
+from ueb.interfaces import Dataset, Splits
+from ueb.profile import DataConfig, load_profile
+from ueb.splits import forget, load_splits
+
+
+def test_an_unknown_profile_gets_a_did_you_mean():
+    with pytest.raises(ConfigError) as info:
+        load_profile("quik")
+    assert "did you mean 'quick'?" in info.value.line()
+
+
+def test_a_grid_without_values_names_the_problem(tmp_path):
+    res = run_cli(
+        "run",
+        "-p",
+        "random-noise",
+        "-c",
+        "jpeg10",
+        "--grid",
+        "jpeg10.quality=",
+        "--profile",
+        "smoke",
+        "--dry-run",
+    )
+    assert res.returncode == 2
+    assert "--grid 'jpeg10.quality=' names no values" in res.stderr
+
+
+@pytest.mark.parametrize("case", ["file", "long-name"])
+def test_a_cache_folder_that_cannot_work_stops_before_any_poison(tmp_path, case):
+    if case == "file":
+        cache = tmp_path / "cache"
+        cache.write_text("not a folder")
+        want = "is a file, not a folder"
+    else:
+        cache = tmp_path / ("x" * 300) / "cache"
+        want = "over the 255 a file system allows"
+    res = run_cli(
+        "run", "-p", "random-noise", "-c", "vanilla", "--profile", "smoke",
+        "--cache-dir", str(cache), "--run-dir", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and want in lines[0], res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+class _BadLabels(Dataset):
+    def load(self, root):
+        images = torch.zeros(6, 3, 8, 8, dtype=torch.uint8)
+        good = ImageSet(images, torch.tensor([0, 1, 0, 1, 0, 1]), ("a", "b"))
+        bad = ImageSet(images, torch.tensor([0, 1, 0, 12, 0, 1]), ("a", "b"))
+        return Splits(train=bad, test=good)
+
+
+def test_labels_outside_the_classes_are_one_line_when_the_data_loads():
+    forget()
+    with pytest.raises(DataError) as info:
+        load_splits(_BadLabels(name="broken"), "digest-bad-labels", None, DataConfig())
+    assert "train label 12, outside 0..1 for its 2 classes" in info.value.line()
