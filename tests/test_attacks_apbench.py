@@ -71,10 +71,10 @@ def test_registered_with_families_and_ntga_out_of_all():
 
 KIT = {
     "hypo": (Hypocritical, {}),
-    "ucl": (ContrastivePoisoning, {"epochs": 1, "pgd_steps": 1, "batch_size": 8}),
+    "ucl": (ContrastivePoisoning, {"batch_size": 8}),
     "ucl-class": (
         ContrastivePoisoning,
-        {"mode": "class", "epochs": 1, "pgd_steps": 1, "batch_size": 8},
+        {"mode": "class", "batch_size": 8},
     ),
     "tue": (TransferableUnlearnable, {}),
 }
@@ -172,9 +172,7 @@ def test_ucl_delta_update_lowers_the_contrastive_loss_of_a_fixed_encoder():
 
 
 def test_ucl_class_wise_keeps_one_delta_per_class(tmp_path):
-    ucl = build(
-        ContrastivePoisoning, **smoke(ContrastivePoisoning, mode="class", epochs=1, pgd_steps=1)
-    )
+    ucl = build(ContrastivePoisoning, **smoke(ContrastivePoisoning, mode="class"))
     ctx = make_run_context(tmp_path, owner=ucl)
     poisoned = ucl.poison(SMALL, ctx)
     (stored,) = ctx.artifacts.root.glob("ucl-delta/*/tensor.pt")
