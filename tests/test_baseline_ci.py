@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 import statistics
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -203,3 +205,35 @@ def test_the_check_fails_on_every_mutant_and_names_its_cell(kind, cache, tmp_pat
             assert f"fashion-mnist | {' | '.join(c)} |" in out, (
                 f"{m['name']}: cell {c} not named:\n{out}"
             )
+
+
+# --------------------------------------------------------------------------- the slow tier's script
+
+
+def test_the_slow_tier_runs_every_method_on_quick_and_checks_against_its_baseline():
+    script = REPO / "benchmarks" / "regression_quick.py"
+    check = subprocess.run(
+        [sys.executable, str(script), "check", "--dry-run"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    run_line, check_line = check.stdout.splitlines()
+    assert run_line.startswith("$ ueb run -p all -c all --profile quick --run-dir ")
+    assert check_line.startswith("$ ueb check ") and check_line.endswith("quick-regression.json")
+    accept = subprocess.run(
+        [sys.executable, str(script), "accept", "--dry-run"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert accept.stdout.splitlines()[1].endswith("--name quick-regression --tolerance 3")
+    if not (REPO / "benchmarks" / "baselines" / "quick-regression.json").exists():
+        missing = subprocess.run(
+            [sys.executable, str(script), "check"], capture_output=True, text=True
+        )
+        assert (
+            missing.returncode == 2
+            and "regression_quick.py accept" in missing.stderr
+            and not missing.stdout
+        )
