@@ -3,8 +3,18 @@
 The paper uses a pre-trained ResNet-18 and takes "the output of the final convolution
 layer". Pre-trained weights cannot be downloaded here, so G is either loaded from a local
 weights file (a state dict of the `resnet18` victim at the same width) or, by default,
-trained on the clean training data with ueb's Trainer and cached as an artifact.
-Features are the last conv stage's map, taken just before the global pooling.
+trained on the clean training data with the paper's ResNet-18 protocol (Sec. IV-A3) for
+`extractor_iterations` steps, seeded by the poison's seed, and cached as an artifact. Its
+training is its own: the victim's protocol does not enter it.
+
+How G sees a perturbation (FEATURES; docs/deephiding.md, "How G sees a perturbation"): the
+map x_pm is rescaled from [-eps, eps] onto the backbone's input range [-0.5, 0.5], as a
+perturbation is shown as an image, and every BatchNorm layer normalises with the statistics
+of the batch at hand (a freshly loaded torchvision model is in training mode), its running
+statistics left untouched. With the clean images' running statistics instead, an 8/255 map
+gives features dominated by the network's response to a near-zero input (same-class cosine
+0.9996 at quick scale), and L_conc carries no gradient. Features are the map that enters the
+last pooling layer (the last conv stage's output).
 """
 
 from __future__ import annotations
@@ -21,21 +31,29 @@ from ueb.errors import ConfigError
 from ueb.imageset import ImageSet
 from ueb.interfaces import RunContext
 from ueb.params import as_dict
+from ueb.profile import TrainingConfig
 from ueb.training import Trainer
 
 POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
+FEATURES = "pre-pool map of x_pm / (2 eps), batch-statistics BatchNorm"
+PAPER_PROTOCOL = TrainingConfig()  # Sec. IV-A3: SGD 0.1, batch 128, x0.1 at 40% and 80%
+
+
+def extractor_training(iterations: int) -> TrainingConfig:
+    """The paper's ResNet-18 protocol, shortened to `iterations` with its milestones scaled."""
+    full = PAPER_PROTOCOL.iterations
+    milestones = tuple(max(1, round(m * iterations / full)) for m in PAPER_PROTOCOL.milestones)
+    return replace(PAPER_PROTOCOL, iterations=iterations, milestones=milestones, eval_every=0)
 
 
 class ConvFeatures(nn.Module):
-    """Frozen backbone returning the feature map that enters its last pooling layer.
+    """Frozen backbone returning the feature map that enters its last pooling layer, for a
+    perturbation map (see the module docstring for why it is rescaled and batch-normalised)."""
 
-    The perturbation x_ue - x_c is already centred on 0, so it goes into the backbone as is
-    (the backbone's input space is the Classifier's [-0.5, 0.5]).
-    """
-
-    def __init__(self, classifier: nn.Module):
+    def __init__(self, classifier: nn.Module, eps: float):
         super().__init__()
         self.backbone = classifier.backbone if hasattr(classifier, "backbone") else classifier
+        self.scale = 1.0 / (2.0 * eps)
         pools = [m for m in self.backbone.modules() if isinstance(m, POOLS)]
         if not pools:
             raise ConfigError(
@@ -43,19 +61,28 @@ class ConvFeatures(nn.Module):
             )
         self._captured: list[torch.Tensor] = []
         pools[-1].register_forward_pre_hook(self._capture)
-        self.backbone.eval()
         for p in self.backbone.parameters():
             p.requires_grad_(False)
+        self._batch_statistics()
+
+    def _batch_statistics(self) -> None:
+        self.backbone.eval()
+        for m in self.backbone.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+                m.momentum = 0.0  # running statistics stay as trained
 
     def _capture(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         self._captured.append(inputs[0])
 
-    def train(self, mode: bool = True) -> ConvFeatures:  # stays in eval mode (BN statistics frozen)
-        return super().train(False)
+    def train(self, mode: bool = True) -> ConvFeatures:  # the configuration above, always
+        super().train(False)
+        self._batch_statistics()
+        return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, perturbation: torch.Tensor) -> torch.Tensor:
         self._captured.clear()
-        self.backbone(x)
+        self.backbone(perturbation * self.scale)
         out = self._captured[-1]
         self._captured.clear()
         return out
@@ -73,12 +100,15 @@ def load_extractor(
     weights: str,
     iterations: int,
     seed: int,
+    eps: float,
 ) -> tuple[ConvFeatures, dict[str, Any]]:
     """The extractor and a record of where its weights came from (for `report()`)."""
     from ueb.training import resolve_device
 
     device = resolve_device(ctx.device)
-    model = build_resnet(ctx, train, width)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the initial weights too come from the poison's seed
+        model = build_resnet(ctx, train, width)
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -95,19 +125,16 @@ def load_extractor(
                 f"LFC extractor weights {path} do not fit a resnet18 of width {width}: {str(exc).splitlines()[0]}",
                 "check 'extractor_width'",
             ) from exc
-        info = {"source": "file", "path": str(path), "width": width}
+        info = {"source": "file", "path": str(path), "width": width, "features": FEATURES}
     else:
+        cfg = extractor_training(iterations)
         recipe = {
             "what": "lfc-extractor",
             "victim": "resnet18",
             "width": width,
             "dataset": train.fingerprint(),
             "iterations": iterations,
-            "training": {
-                k: v
-                for k, v in as_dict(ctx.training).items()
-                if k not in ("iterations", "eval_every", "eval_batch_size")
-            },
+            "training": as_dict(cfg),
             "seed": seed,
         }
         art = ctx.artifacts.get("deephiding-extractor", recipe)
@@ -116,8 +143,6 @@ def load_extractor(
             model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
             acc = art.manifest().get("train_acc")
         else:
-            cfg = replace(ctx.training, iterations=iterations, eval_every=0)
-            cfg = replace(cfg, milestones=tuple(int(iterations * f) for f in (0.5, 0.75)))
             trainer = Trainer(cfg, device, seed, ctx.progress)
             probe = train.subset(torch.arange(0, len(train), max(1, len(train) // 1000)))
             with torch.random.fork_rng(devices=[]):
@@ -130,7 +155,9 @@ def load_extractor(
             "source": "trained",
             "artifact": art.key,
             "width": width,
-            "iterations": iterations,
+            "extractor_iterations": iterations,
+            "seed": seed,
             "train_acc": acc,
+            "features": FEATURES,
         }
-    return ConvFeatures(model.to(device)), info
+    return ConvFeatures(model.to(device), eps), info

@@ -96,6 +96,12 @@ def natural(
     )
 
 
+DIFFUSION_WEIGHTS = (
+    "Stable Diffusion 1.5 (stable-diffusion-v1-5/stable-diffusion-v1-5) and the canny ControlNet "
+    "(lllyasviel/sd-controlnet-canny), each saved with diffusers' save_pretrained"
+)
+
+
 @dataclass(frozen=True)
 class SigSettings:
     """The `sig_*` parameters of a Deep Hiding poisoner, as the SIG bank builder takes them.
@@ -119,13 +125,15 @@ class SigSettings:
     seed: int = 0
 
     @classmethod
-    def from_params(cls, params: Any, where: str) -> SigSettings:
+    def from_params(cls, params: Any, where: str, seed: int = 0) -> SigSettings:
+        """`seed` is the poison's seed (the run seed unless `hider_seed` overrides it): it picks
+        the bank's prompts' clustering and every sample the generator draws."""
         p = params
         return cls(
             where=where, backend=p.sig_backend, sd_dir=p.sig_sd_dir, controlnet_dir=p.sig_controlnet_dir,
             text_encoder_dir=p.sig_text_encoder_dir, prompts=p.sig_prompts, steps=p.sig_steps,
             guidance_scale=p.sig_guidance_scale, conditioning_scale=p.sig_conditioning_scale,
-            gen_size=p.sig_gen_size, batch_size=p.sig_batch_size, seed=p.hider_seed,
+            gen_size=p.sig_gen_size, batch_size=p.sig_batch_size, seed=seed,
         )  # fmt: skip
 
     def names(self) -> Any:
@@ -154,6 +162,28 @@ class SigSettings:
             )  # fmt: skip
         return opts
 
+    def check_diffusion_folders(self) -> None:
+        """The diffusion backend's two weight folders are set: one line naming every setting that
+        is not, the weights to put there, and the offline alternative."""
+        if self.backend != "diffusers":
+            return
+        unset = [
+            f"{self.where}.{name}"
+            for name, value in (
+                ("sig_sd_dir", self.sd_dir),
+                ("sig_controlnet_dir", self.controlnet_dir),
+            )
+            if not value
+        ]
+        if unset:
+            raise ConfigError(
+                f"{self.where}: SIG's diffusion backend (the paper's generator) needs local weights, "
+                f"but {' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set",
+                f"set {' and '.join(unset)} to local folders holding {DIFFUSION_WEIGHTS} "
+                f"(nothing is downloaded), or pass {self.where}.sig_backend=offline for the "
+                "offline approximation",
+            )
+
     def check(self) -> None:
         """Every local input of the bank (weight folders, corpus), before any work."""
         bank = _sig_bank_module()
@@ -162,11 +192,6 @@ class SigSettings:
                 f"{self.where}: unknown sig_backend '{self.backend}'",
                 "use 'offline' or 'diffusers'",
             )
-        for key in ("steps", "gen_size", "batch_size"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(
-                    f"{self.where}: 'sig_{key}' must be positive, got {getattr(self, key)}"
-                )
         bank.check_inputs(self.backend, self.names(), **self.options())
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -22,16 +22,22 @@ import torch
 from ueb.errors import ConfigError
 from ueb.imageset import ImageSet
 from ueb.interfaces import Budget, Poisoner, Requirement, RunContext
-from ueb.params import as_dict
+from ueb.params import as_dict, bounded
 
-HIDER_FORMAT = "2"  # bump when the hider training changes its numbers
+HIDER_FORMAT = "3"  # bump when the hider training changes its numbers
+OFFLINE_CAVEAT = "semantic images from the offline approximation bank, not SIG's diffusion backend"
+HIDDEN_CAVEATS = {
+    "next-class": "hidden images are clean next-class training images (appendix Table D), not SIG's semantic images",
+    "natural": "hidden images are natural images of another dataset (appendix Table D), not SIG's semantic images",
+}
+CURVE_POINTS = 50  # points of each loss curve kept in report() (history.json holds every step)
 
 
 @dataclass(frozen=True)
 class DeepHidingParams:
     mode: Literal["class", "sample"] = "class"
     hidden: Literal["sig", "next-class", "natural"] = "sig"
-    per_class: int = 100  # semantic images per class (paper Sec. IV-A2)
+    per_class: int = bounded(100, ge=1)  # semantic images per class (paper Sec. IV-A2)
     # semantic-image generation (hidden="sig"); docs/sig.md. The folders are local, nothing
     # is downloaded; the diffusion settings apply to sig_backend="diffusers" only.
     sig_backend: Literal["offline", "diffusers"] = "offline"
@@ -39,71 +45,83 @@ class DeepHidingParams:
     sig_controlnet_dir: str = ""  # canny ControlNet
     sig_text_encoder_dir: str = ""  # CLIP text model for TPC; "" = the offline MiniLM encoder
     sig_prompts: str = ""  # caption corpus; "" = the built-in one
-    sig_steps: int = 20
-    sig_guidance_scale: float = 7.5
-    sig_conditioning_scale: float = 1.0
-    sig_gen_size: int = 512
-    sig_batch_size: int = 8
+    sig_steps: int = bounded(20, ge=1)
+    sig_guidance_scale: float = bounded(7.5, ge=0)
+    sig_conditioning_scale: float = bounded(1.0, ge=0)
+    sig_gen_size: int = bounded(512, ge=8)
+    sig_batch_size: int = bounded(8, ge=1)
     natural_dataset: str = "cifar100"
     restriction: Literal["strict", "soft"] = "strict"
-    eps: float = 8 / 255
+    eps: float = bounded(8 / 255, gt=0, lt=1)
     # hider architecture (HiNet)
-    blocks: int = 16
-    growth: int = 32
-    dense_layers: int = 5
-    clamp: float = 2.0
-    init_scale: float = 0.01
-    # hider training (paper Sec. IV-A2)
-    iterations: int = 5000
-    batch_size: int = 24
-    lr: float = 10**-4.5
-    beta1: float = 0.5
-    beta2: float = 0.999
-    adam_eps: float = 1e-6
-    w_freq: float = 1.0
-    w_reveal: float = 1.0
-    w_conc: float = 1e-4
-    checkpoint_every: int = 100
-    explode_factor: float = 100.0
-    rollback_lr_factor: float = 0.5
-    max_rollbacks: int = 8
-    hider_seed: int = 0
-    # LFC feature extractor
+    blocks: int = bounded(16, ge=1)
+    growth: int = bounded(32, ge=1)
+    dense_layers: int = bounded(5, ge=2)
+    clamp: float = bounded(2.0, gt=0)
+    init_scale: float = bounded(0.01, ge=0)
+    # hider training (paper Sec. IV-A2); `iterations` counts hider steps, not victim steps
+    iterations: int = bounded(5000, ge=1)
+    batch_size: int = bounded(24, ge=1)
+    lr: float = bounded(10**-4.5, gt=0)
+    beta1: float = bounded(0.5, ge=0, lt=1)
+    beta2: float = bounded(0.999, ge=0, lt=1)
+    adam_eps: float = bounded(1e-6, gt=0)
+    w_freq: float = bounded(1.0, ge=0)
+    w_reveal: float = bounded(1.0, ge=0)
+    w_conc: float = bounded(1e-4, ge=0)
+    checkpoint_every: int = bounded(100, ge=1)
+    explode_factor: float = bounded(100.0, gt=1)
+    rollback_lr_factor: float = bounded(0.5, gt=0, le=1)
+    max_rollbacks: int = bounded(8, ge=0)
+    # None: the run seed drives every random choice (hider, extractor, bank, reveal noise);
+    # a number overrides it, e.g. to reproduce one poison under several run seeds
+    hider_seed: int | None = bounded(None, ge=0)
+    # LFC feature extractor; its training length is its own, not the victim's
     extractor_weights: str = ""
-    extractor_width: int = 64
-    extractor_iterations: int = 0  # 0: the profile's victim training length
+    extractor_width: int = bounded(64, ge=1)
+    extractor_iterations: int = bounded(40_000, ge=1)
     # generation
-    gen_batch_size: int = 256
-    reveal_check: int = 64  # images whose hidden image is revealed for report()
+    gen_batch_size: int = bounded(256, ge=1)
+    reveal_check: int = bounded(64, ge=0)  # images whose hidden image is revealed for report()
 
 
 class DeepHiding(Poisoner):
     """DH(C) / DH(S): HiNet-style invertible hiding of semantic images (paper Sec. III-B)."""
 
-    version: ClassVar[str] = "2"
+    version: ClassVar[str] = "3"
     Params = DeepHidingParams
+    # CPU scale. Smoke: a two-block hider trained long enough (80 steps at the paper's batch
+    # of 24, lr 3e-3) that its perturbation carries the hidden image, so DH(S) is sample-wise
+    # in substance and LFC is in balance (docs/deephiding.md, "LFC balance").
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": {
+            "hidden": "next-class",
+            "blocks": 2,
+            "growth": 16,
+            "iterations": 80,
+            "batch_size": 24,
+            "lr": 3e-3,
+            "per_class": 3,
+            "extractor_width": 4,
+            "extractor_iterations": 3,
+            "checkpoint_every": 40,
+            "reveal_check": 8,
+        },
+        "quick": {
+            "blocks": 2,
+            "growth": 16,
+            "iterations": 600,
+            "lr": 1e-3,
+            "per_class": 10,
+            "extractor_width": 8,
+            "extractor_iterations": 100,
+            "checkpoint_every": 100,
+        },
+    }
 
     def __init__(self, params: Any = None, name: str | None = None) -> None:
         super().__init__(params, name)
         self._report: dict[str, Any] = {}
-        p = self.params
-        for key in (
-            "blocks",
-            "growth",
-            "dense_layers",
-            "iterations",
-            "batch_size",
-            "per_class",
-            "gen_batch_size",
-            "checkpoint_every",
-            "extractor_width",
-        ):
-            if getattr(p, key) <= 0:
-                raise ConfigError(
-                    f"poisoner '{self.name}': '{key}' must be positive, got {getattr(p, key)}"
-                )
-        if not (0 < p.eps < 1):
-            raise ConfigError(f"poisoner '{self.name}': eps must lie in (0, 1), got {p.eps}")
 
     # -- interface ---------------------------------------------------------------------------
 
@@ -129,19 +147,15 @@ class DeepHiding(Poisoner):
             needs.append(Requirement("dataset", p.natural_dataset))
         return needs
 
-    def bind(self, training: Any) -> DeepHidingParams:
-        """`extractor_iterations=0` means "as long as the victim's training": the real number."""
-        if self.params.extractor_iterations == 0:
-            return replace(self.params, extractor_iterations=int(training.iterations))
-        return self.params
-
     def preflight(self) -> None:
         """The SIG bank's local inputs (weight folders, corpus) and the LFC extractor's weights
         exist and look complete."""
         if self.params.hidden == "sig":
             from ueb_deephiding.hidden import SigSettings
 
-            SigSettings.from_params(self.params, self.name).check()
+            settings = SigSettings.from_params(self.params, self.name)
+            settings.check_diffusion_folders()
+            settings.check()
         if self.params.w_conc != 0 and self.params.extractor_weights:
             path = Path(self.params.extractor_weights).expanduser()
             if not path.is_file():
@@ -167,28 +181,46 @@ class DeepHiding(Poisoner):
             key: _stat_identity(Path(value).expanduser()) for key, value in paths.items() if value
         }
 
+    def seed(self, ctx: RunContext) -> int:
+        """The seed of every random choice in this poison: the run's, unless `hider_seed` is set."""
+        return int(ctx.seed if self.params.hider_seed is None else self.params.hider_seed)
+
     def poison(self, train: ImageSet, ctx: RunContext) -> torch.Tensor:
+        from ueb.imageset import quantize
         from ueb.training import resolve_device
-        from ueb_deephiding.metrics import psnr
+        from ueb_deephiding.metrics import psnr, variance_shares
 
         device = resolve_device(ctx.device)
         net, groups, facts = self.prepare(train, ctx)
         hidden_idx = self.hidden_index(train, groups.per_class)
         out = self.generate(net, train, groups.images, hidden_idx, device, ctx)
         clean = train.float01()
-        q = out.mul(255).round().div(255)
+        stored = quantize(out)
+        q = stored.float().div(255)
         self._report = {
             **facts,
             "mode": self.params.mode,
             "restriction": self.params.restriction,
+            "seed": self.seed(ctx),
+            "poison_sha256": hashlib.sha256(stored.numpy().tobytes()).hexdigest(),
             "psnr_vs_clean_db": psnr(q, clean),
-            **self.reveal_check(net, train, groups.images, hidden_idx, q, device),
+            "perturbation_variance_shares": variance_shares(q, clean, train.labels, hidden_idx),
+            **self.reveal_check(net, train, groups.images, hidden_idx, q, device, self.seed(ctx)),
         }
+        caveat = self.caveat(groups.facts)
+        if caveat:
+            self._report["caveat"] = caveat
         return out
+
+    def caveat(self, hidden_facts: dict[str, Any]) -> str:
+        """What separates these hidden images from the paper's (empty when nothing does)."""
+        if self.params.hidden != "sig":
+            return HIDDEN_CAVEATS[self.params.hidden]
+        return "" if hidden_facts.get("backend") == "diffusers" else OFFLINE_CAVEAT
 
     # -- pieces ------------------------------------------------------------------------------
 
-    def hider_config(self):
+    def hider_config(self, seed: int):
         from ueb_deephiding.losses import LossWeights
         from ueb_deephiding.training import HiderConfig
 
@@ -198,10 +230,13 @@ class DeepHiding(Poisoner):
             iterations=p.iterations, batch_size=p.batch_size, lr=p.lr, beta1=p.beta1, beta2=p.beta2, adam_eps=p.adam_eps,
             weights=LossWeights(p.w_freq, p.w_reveal, p.w_conc, p.eps),
             checkpoint_every=p.checkpoint_every, explode_factor=p.explode_factor,
-            rollback_lr_factor=p.rollback_lr_factor, max_rollbacks=p.max_rollbacks, seed=p.hider_seed,
+            rollback_lr_factor=p.rollback_lr_factor, max_rollbacks=p.max_rollbacks, seed=seed,
         )  # fmt: skip
 
-    def extractor_recipe(self, train: ImageSet, ctx: RunContext) -> dict[str, Any]:
+    def extractor_recipe(self, seed: int) -> dict[str, Any]:
+        """What determines G: its weights file, or how it is trained (never the victim's protocol)."""
+        from ueb_deephiding.extractor import FEATURES, extractor_training
+
         p = self.params
         if p.w_conc == 0:
             return {"used": False}
@@ -216,19 +251,15 @@ class DeepHiding(Poisoner):
                 "source": "file",
                 "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
                 "width": p.extractor_width,
+                "features": FEATURES,
             }
-        its = p.extractor_iterations or ctx.training.iterations
-        training = {
-            k: v
-            for k, v in as_dict(ctx.training).items()
-            if k not in ("iterations", "eval_every", "eval_batch_size")
-        }
         return {
             "source": "trained",
             "width": p.extractor_width,
-            "iterations": its,
-            "seed": p.hider_seed,
-            "training": training,
+            "extractor_iterations": p.extractor_iterations,
+            "seed": seed,
+            "training": as_dict(extractor_training(p.extractor_iterations)),
+            "features": FEATURES,
         }
 
     def prepare(self, train: ImageSet, ctx: RunContext):
@@ -239,24 +270,25 @@ class DeepHiding(Poisoner):
         from ueb_deephiding.training import load_hider, train_hider
 
         p = self.params
+        seed = self.seed(ctx)
         device = resolve_device(ctx.device)
         groups = load_groups(
             ctx,
             train,
             p.hidden,
             p.per_class,
-            sig_settings=SigSettings.from_params(p, self.name),
+            sig_settings=SigSettings.from_params(p, self.name, seed),
             dataset=p.natural_dataset,
-            seed=p.hider_seed,
+            seed=seed,
         )
-        cfg = self.hider_config()
-        ext = self.extractor_recipe(train, ctx)
+        cfg = self.hider_config(seed)
+        ext = self.extractor_recipe(seed)
         recipe = {
             "what": "deephiding-hider",
             "format": HIDER_FORMAT,
             "dataset": train.fingerprint(),
             "hidden": {"source": groups.source, "hash": groups.content_hash},
-            "config": as_dict(cfg),
+            "config": as_dict(cfg),  # holds the seed
             "extractor": ext,
         }
         art = ctx.artifacts.get("deephiding-hider", recipe)
@@ -274,8 +306,9 @@ class DeepHiding(Poisoner):
                     train,
                     p.extractor_width,
                     p.extractor_weights,
-                    int(ext.get("iterations", 0)),
-                    p.hider_seed,
+                    p.extractor_iterations,
+                    seed,
+                    p.eps,
                 )
             net, summary = train_hider(
                 train,
@@ -295,9 +328,12 @@ class DeepHiding(Poisoner):
             "hider_artifact": art.key,
             "hider_content_hash": art.content_hash,
             "hider_path": str(art.path),
+            "hider_seed": seed,
             "hider_iterations": summary.get("iterations"),
             "hider_rollbacks": summary.get("rollbacks"),
             "hider_final_losses": summary.get("final_losses"),
+            "hider_loss_balance": summary.get("loss_balance"),
+            "hider_loss_curve": summary.get("loss_curve"),
             "extractor": extractor_info,
         }
         return net, groups, facts
@@ -342,8 +378,11 @@ class DeepHiding(Poisoner):
         return out
 
     @torch.no_grad()
-    def reveal_check(self, net, train, hidden, hidden_idx, poisoned, device) -> dict[str, Any]:
-        """PSNR of the hidden image revealed from the first few unlearnable examples."""
+    def reveal_check(
+        self, net, train, hidden, hidden_idx, poisoned, device, seed: int
+    ) -> dict[str, Any]:
+        """PSNR of the hidden image revealed from the first few unlearnable examples (the latent
+        r is drawn on the CPU from the poison's seed, so the number repeats on any device)."""
         from ueb_deephiding.metrics import psnr
 
         n = min(self.params.reveal_check, len(train))
@@ -351,10 +390,10 @@ class DeepHiding(Poisoner):
             return {}
         sel = torch.linspace(0, len(train) - 1, n).long()
         target = hidden[train.labels[sel], hidden_idx[sel]].float().div(255)
-        gen = torch.Generator().manual_seed(0)
-        _, revealed = net.reveal(
-            poisoned[sel].to(device), generator=None if device.type != "cpu" else gen
-        )
+        x = poisoned[sel]
+        shape = (len(x), 4 * x.shape[1], x.shape[2] // 2, x.shape[3] // 2)
+        r = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+        _, revealed = net.reveal(x.to(device), r.to(device))
         val = psnr(revealed.clamp(0, 1).cpu(), target)
         return {"reveal_psnr_db": val if math.isfinite(val) else None}
 

@@ -227,21 +227,42 @@ def train_hider(
     )
     plot_losses(history, folder / "loss.png", events)
     tail = history[-max(1, min(50, len(history) // 5)) :]
+    final = {k: statistics.fmean(h[k] for h in tail) for k in TERMS} if tail else {}
     summary = {
         "iterations": step,
         "final_lr": lr,
         "rollbacks": len([e for e in events if e.startswith("rollback")]),
         "events": events,
-        "final_losses": {
-            k: statistics.fmean(h[k] for h in tail)
-            for k in ("total", "hide", "freq", "reveal", "conc")
-        }
-        if tail
-        else {},
+        "final_losses": final,
+        "loss_balance": loss_balance(final, cfg.weights) if final else None,
+        "loss_curve": loss_curve(history),
         "config": json.loads(json.dumps(asdict(cfg))),
     }
     net.eval()
     return net, summary
+
+
+TERMS = ("total", "hide", "freq", "reveal", "conc")
+
+
+def loss_balance(losses: dict[str, float], w: LossWeights) -> float | None:
+    """w3 L_conc / (w1 L_freq + w2 L_reveal): near 1 when LFC weighs as much as hiding
+    precision does (the paper's reason for w3 = 1e-4, appendix A.2.1); None if undefined."""
+    other = w.w_freq * losses["freq"] + w.w_reveal * losses["reveal"]
+    return w.w_conc * losses["conc"] / other if other > 0 else None
+
+
+def loss_curve(history: list[dict[str, float]], points: int = 50) -> dict[str, list[float]]:
+    """Every loss term through training, each the mean over one of `points` equal windows."""
+    if not history:
+        return {}
+    n = min(points, len(history))
+    bounds = [round(i * len(history) / n) for i in range(n + 1)]
+    windows = [history[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    curve: dict[str, list[float]] = {"step": [w[-1]["step"] for w in windows]}
+    for key in TERMS:
+        curve[key] = [statistics.fmean(h[key] for h in w) for w in windows]
+    return curve
 
 
 def load_hider(path: Path, device: str | torch.device = "cpu") -> HidingNetwork:
@@ -265,7 +286,7 @@ def plot_losses(
 
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for key in ("total", "hide", "freq", "reveal", "conc"):
+    for key in TERMS:
         vals = [max(h[key], 1e-12) for h in history]
         ax.plot(steps, vals, label=key, linewidth=1)
     ax.set_yscale("log")
