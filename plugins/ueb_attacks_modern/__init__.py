@@ -25,7 +25,7 @@ def register_poisoners(register):
         "aue",
         "ueb_attacks_modern.aue:AugmentedUnlearnable",
         summary="AUE, augmented unlearnable examples (Wang, Zhu, Gao, NeurIPS 2024), sample-wise Linf 8/255",
-        family="contrastive",
+        family="error-minimising",
     )
     register(
         "aap",
