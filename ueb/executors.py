@@ -95,6 +95,9 @@ class ProcessPool:
         for fut in cf.as_completed(futures):
             yield fut.result()
 
+    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future[Any]:
+        return self.pool.submit(fn, *args)
+
 
 class RayPool:
     """Cells as Ray tasks with CPU/GPU requests; `address=None` starts a local Ray instance."""

@@ -278,6 +278,11 @@ class Countermeasure(Plugin):
     stage: ClassVar[Stage] = "data"
     threat: ClassVar[ThreatModel] = ThreatModel()
 
+    def cost(self) -> float:
+        """Roughly how many plain trainings one cell costs (adversarial training with k PGD
+        steps: k + 1). Scheduling (longest first) and the ETA only; never part of an identity."""
+        return 2.0 if self.stage == "protocol" else 1.0
+
     def transform_train_set(self, train: ImageSet, ctx: RunContext) -> ImageSet:
         return train
 

@@ -24,6 +24,8 @@ class Task:
         kwargs: dict[str, Any] = {}
         if desc is not None:
             kwargs["description"] = desc
+        if isinstance(fields.get("info"), str):  # a ready-made line (the matrix's ETA)
+            kwargs["info"] = fields.pop("info")
         if fields:
             kwargs["info"] = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
         self._progress.update(self._id, **kwargs)

@@ -42,6 +42,45 @@ class RunSummary:
     seconds: float
 
 
+def cell_costs(plan: Plan, registry: Registry) -> dict[str, float]:
+    """Each countermeasure's relative cost (Countermeasure.cost), for scheduling and the ETA."""
+    from ueb.params import parse_params
+
+    costs: dict[str, float] = {}
+    for name in plan.countermeasures:
+        spec = plan.spec("countermeasure", name)
+        try:
+            cls = registry.get("countermeasure", spec.entry).load_class()
+            cm = cls(parse_params(cls.Params, dict(spec.params), where=name), name=name)
+            costs[name] = max(0.1, float(cm.cost()))
+        except Exception:
+            costs[name] = 1.0  # scheduling only: a plugin that cannot say counts as plain
+    return costs
+
+
+class Eta:
+    """Time left from measured cell costs: seconds per unit of cost so far, times the cost
+    left, over the workers."""
+
+    def __init__(self, total_cost: float, workers: int) -> None:
+        self.left = total_cost
+        self.workers = max(1, workers)
+        self.cost_done = 0.0
+        self.seconds = 0.0
+
+    def finished(self, cost: float, seconds: float) -> None:
+        self.left = max(0.0, self.left - cost)
+        if seconds > 0:
+            self.cost_done += cost
+            self.seconds += seconds
+
+    def text(self) -> str:
+        if self.cost_done <= 0:
+            return ""
+        minutes = self.seconds / self.cost_done * self.left / self.workers / 60
+        return f"ETA ~{minutes:.0f} min (measured cell costs)" if self.left else ""
+
+
 def default_run_dir(plan: Plan, root: Path = Path("runs")) -> Path:
     return Path(plan.config.run_dir) if plan.config.run_dir else root / plan.run_id()
 
@@ -177,6 +216,8 @@ class MatrixRunner:
             policy.cell_finished(record, fatal=False)
 
     def _parallel(self, executor: Any, todo: list[Cell], policy: FailurePolicy, bar: Any) -> None:
+        if hasattr(executor, "submit"):
+            return self._scheduled(executor, todo, policy, bar)
         groups = list(dict.fromkeys(c.group for c in todo))
         bar.update(description=f"poisons ({len(groups)})")
         for group, error, fatal in executor.map_unordered(
@@ -200,6 +241,54 @@ class MatrixRunner:
             self.write(record)
             bar.advance()
             policy.cell_finished(record, fatal)
+
+    def _scheduled(self, executor: Any, todo: list[Cell], policy: FailurePolicy, bar: Any) -> None:
+        """As many tasks in flight as workers, chosen as late as possible: a poison first (it
+        unlocks cells), else the costliest ready cell (so no long cell is left for the end
+        while the other workers idle). A group's cells are ready once its poison is cached, so
+        cells whose poison is trivial (the clean row) run while other poisons are built."""
+        import concurrent.futures as cf
+
+        cost = cell_costs(self.plan, self.registry)
+        waiting: dict[tuple[str, str, int], list[Cell]] = {}
+        for cell in todo:
+            waiting.setdefault(cell.group, []).append(cell)
+        poisons = list(waiting)
+        ready: list[Cell] = []
+        inflight: dict[Any, tuple[str, Any]] = {}
+        slots = self.plan.config.workers if isinstance(self.plan.config.workers, int) else 1
+        eta = Eta(sum(cost[c.countermeasure] for c in todo), slots)
+        while poisons or ready or inflight:
+            while len(inflight) < slots and (poisons or ready):
+                if poisons:
+                    group = poisons.pop(0)
+                    inflight[executor.submit(poison_task, self.job, group)] = ("poison", group)
+                else:
+                    ready.sort(key=lambda c: (-cost[c.countermeasure], c.ordinal))
+                    cell = ready.pop(0)
+                    inflight[executor.submit(cell_task, self.job, cell)] = ("cell", cell)
+            done, _ = cf.wait(list(inflight), return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                kind, what = inflight.pop(fut)
+                if kind == "poison":
+                    group, error, fatal = fut.result()
+                    if error:
+                        if fatal:
+                            raise RunStopped(error)
+                        policy.poison_failed(tuple(group), None, error)
+                        self.warn(f"poisoner {group[1]} failed: {error}")
+                        for cell in waiting.pop(tuple(group), []):
+                            self.write(error_record(self.plan, cell, policy.group_error(cell)))
+                            bar.advance()
+                    else:
+                        ready.extend(waiting.pop(tuple(group), []))
+                    continue
+                record, fatal = fut.result()
+                self.write(record)
+                bar.advance()
+                eta.finished(cost[what.countermeasure], record.train_seconds or 0.0)
+                bar.update(info=eta.text())
+                policy.cell_finished(record, fatal)
 
     def write(self, record: CellRecord) -> None:
         if record.status == "ok":

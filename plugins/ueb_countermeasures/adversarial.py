@@ -108,6 +108,9 @@ class AdversarialTraining(Countermeasure):
             ):
                 raise ValueError("steps, eps and step_size must be >= 0")
 
+    def cost(self) -> float:
+        return float(self.params.steps + 1)  # k PGD steps plus the training step
+
     @property
     def step_size(self) -> float:
         p = self.params

@@ -67,6 +67,9 @@ class UEraser(Countermeasure):
                 if not 0.0 <= getattr(self, name) <= 1.0:
                     raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
 
+    def cost(self) -> float:
+        return float(self.params.repeats)  # K augmented copies per image while maximising
+
     def __init__(self, params: Any = None, name: str | None = None) -> None:
         super().__init__(params, name)
         self._policy: nn.Module | None = None
