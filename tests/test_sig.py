@@ -311,3 +311,20 @@ def test_commands_write_bank_grid_and_similarity(sig_ctx, corpus_embeddings, tmp
     assert {"intra", "inter", "to_other_means", "intra_centred"} <= set(json.loads(r.output))
     r = runner.invoke(app, ["semantic-images", "--out", str(out), "--sd-model", str(tmp_path)])
     assert r.exit_code == 2 and "--backend diffusers" in r.output
+
+
+def test_offline_images_of_a_class_share_their_signed_pixels(offline_bank):
+    """Like SD+ControlNet samples of one prompt and canny map, same-class images are bright and
+    dark in the same places (the photo's luminance layout), not only edged alike; they still
+    differ locally, and images of different classes are uncorrelated."""
+    from ueb_sig.similarity import pixel_similarity
+
+    x, y = offline_bank.flat()
+    r = pixel_similarity(x, y)
+    assert r["within"] > 0.25 and r["within"] > r["across"] + 0.25
+    assert r["within"] < 0.9  # local texture differs from sample to sample
+    assert abs(r["across"]) < 0.15
+    shuffled = pixel_similarity(
+        x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]
+    )
+    assert abs(shuffled["within"] - shuffled["across"]) < 0.1  # control: labels carry it

@@ -24,6 +24,7 @@ def register_countermeasures(register):
     register("mean-filter", f"{_PRE}:MeanFilter", summary="Mean filter, kernel 3", **data)
     register("median-filter", f"{_PRE}:MedianFilter", summary="Median filter, kernel 3", **data)
     register("gaussian-filter", f"{_PRE}:GaussianFilter", summary="Gaussian filter, kernel 3, sigma 0.1", **data)
+    register("gaussian-blur", "ueb_countermeasures.blur:GaussianBlur", summary="Gaussian blur, kernel 3, sigma 0.8 (REM's low-pass setting; not in Table I)", hidden_from_all=True, **data)
     register("bdr", f"{_PRE}:BitDepthReduction", summary="Bit-depth reduction to 2 bits", **data)
     register("grayscale", f"{_PRE}:Grayscale", summary="Grayscale: ITU-R 601 weighted sum replicated to 3 channels", **data)
     register("gaussian-noise", f"{_PRE}:GaussianNoise", summary="Gaussian noise N(0, 0.1) per image, clamped to [0, 1]", **data)

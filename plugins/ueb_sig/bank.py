@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from ueb.imageset import ImageSet
     from ueb.interfaces import RunContext
 
-BANK_VERSION = "1"
+BANK_VERSION = "2"  # 2: the offline generator keeps the luminance layout
 BACKENDS = ("offline", "diffusers")
 ARTIFACT_KIND = "sig-bank"
 

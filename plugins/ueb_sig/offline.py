@@ -1,11 +1,14 @@
 """The offline backend: an approximation of SD+ControlNet that needs no weights.
 
 What it keeps from the paper's generator is the contract that matters for Deep Hiding: the M
-images of one class share one global shape (the class's canny edge map and the coarse
-luminance layout of the same photo) and differ in low-level features (colours, textures,
-grain, edge colour), all drawn from a per-(seed, class) generator. It does not synthesise new
-content from the prompt: the prompt only chooses which shape a class gets. Every bank it
-writes says so in its recipe (`backend = "offline"`, `generator` below).
+images of one class share one global shape and differ in local features. The shape is the
+class photo's coarse luminance layout (its blurred grey image: where the image is bright and
+where dark, which is what a signed perturbation carries) and its canny edge map; each sample
+tints the photo's luminance regions with its own colours (luminance kept), modulates them
+with its own smooth texture and grain, and draws the edges in its own colour, all from a
+per-(seed, class) generator. It does not synthesise content from the prompt: the prompt only
+chooses which shape a class gets. Every bank it writes says so in its recipe (`backend =
+"offline"`, `generator` below).
 """
 
 from __future__ import annotations
@@ -14,16 +17,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-GENERATOR_NAME = "offline approximation: canny shape of a real photo + seeded random textures (no diffusion)"
+from ueb.params import bounded
+
+GENERATOR_NAME = "offline approximation: luminance layout and canny edges of a real photo + seeded random colours and textures (no diffusion)"
 
 
 @dataclass(frozen=True)
 class OfflineOptions:
-    render_size: int = 128  # shapes are drawn at max(render_size, size), then area-resized
-    levels: int = 4  # luminance regions of the source photo, each painted separately
-    canny_low: int = 100
-    canny_high: int = 200
-    edge_strength: float = 0.85
+    render_size: int = bounded(128, ge=8)  # drawn at max(render_size, size), then area-resized
+    levels: int = bounded(4, ge=1)  # luminance regions of the source photo, each tinted apart
+    canny_low: int = bounded(100, ge=0, le=255)
+    canny_high: int = bounded(200, ge=0, le=255)
+    edge_strength: float = bounded(0.5, ge=0, le=1)
+    layout_blur: float = bounded(2.0, ge=0)  # sigma (render pixels) of the shared luminance layout
+    texture_strength: float = bounded(0.3, ge=0, le=1)  # largest depth of a sample's texture
 
 
 def _region_map(rgb: np.ndarray, levels: int) -> np.ndarray:
@@ -64,14 +71,35 @@ def _random_colours(gen, n: int, k: int):
     return torch.stack([r, g, b], -1)  # (n, k, 3)
 
 
+def _layout(rgb: np.ndarray, blur: float) -> np.ndarray:
+    """The photo's coarse luminance (grey, blurred) stretched to [0.1, 0.9]: the shared shape."""
+    import cv2
+
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float64) / 255.0
+    if blur > 0:
+        gray = cv2.GaussianBlur(gray, (0, 0), blur)
+    lo, hi = np.quantile(gray, [0.01, 0.99])
+    return 0.1 + 0.8 * np.clip((gray - lo) / max(hi - lo, 1e-6), 0, 1)
+
+
+LUMA = (0.299, 0.587, 0.114)
+
+
 def render_class(
-    rgb: np.ndarray, edges: np.ndarray, count: int, size: int, seed: int, options: OfflineOptions, device: str = "cpu"
+    rgb: np.ndarray,
+    edges: np.ndarray,
+    count: int,
+    size: int,
+    seed: int,
+    options: OfflineOptions,
+    device: str = "cpu",
 ):
     """`count` images (uint8, (count, 3, size, size)) sharing the shape of `rgb`/`edges`.
 
-    `rgb` and `edges` are at the render resolution. Each image paints every luminance region
-    of the photo with its own colour modulated by its own smooth texture (random scale), adds
-    fine grain, then draws the edge map in a sample-specific colour.
+    `rgb` and `edges` are at the render resolution. Each image gives every luminance region
+    of the photo its own colour at the photo's own luminance (so bright stays bright), shades
+    it with its own smooth texture (random scale and depth), adds fine grain, then draws the
+    edge map in a sample-specific colour.
     """
     import torch
     import torch.nn.functional as F
@@ -80,19 +108,24 @@ def render_class(
     r = rgb.shape[0]
     regions = torch.from_numpy(_region_map(rgb, options.levels)).to(device)
     onehot = F.one_hot(regions, options.levels).permute(2, 0, 1).float()  # (L, r, r)
+    layout = torch.from_numpy(_layout(rgb, options.layout_blur)).float().to(device)[None, None]
     edge = torch.from_numpy(edges.astype(np.float32) / 255.0).to(device)[None, None]
+    luma = torch.tensor(LUMA, device=device)
     out = torch.empty(count, 3, size, size, dtype=torch.uint8)
     chunk = 32
     for start in range(0, count, chunk):
         n = min(chunk, count - start)
         colours = _random_colours(gen, n, options.levels + 1).to(device)  # last one: edges
-        img = torch.zeros(n, 3, r, r, device=device)
-        for level in range(options.levels):
+        # each colour scaled to unit luminance: the tint changes hue, not brightness
+        tints = colours / (colours @ luma).clamp_min(0.05)[..., None]
+        tint = torch.einsum("nlc,lhw->nchw", tints[:, : options.levels], onehot)
+        shade = torch.ones(n, 1, r, r, device=device)
+        for _ in range(2):  # two texture scales per sample
             res = int(torch.randint(3, 17, (1,), generator=gen))
             tex = _noise(gen, n, res, r, device)
-            amp = (0.25 + 0.5 * torch.rand(n, 1, 1, 1, generator=gen)).to(device)
-            shade = (1 - amp) + amp * tex  # (n, 1, r, r)
-            img += onehot[level][None, None] * colours[:, level, :, None, None] * shade
+            depth = (options.texture_strength * torch.rand(n, 1, 1, 1, generator=gen)).to(device)
+            shade = shade * (1 - depth * (tex - 0.5))
+        img = layout * tint * shade
         grain = (torch.rand(n, 1, 1, 1, generator=gen) * 0.08).to(device)
         img += grain * (torch.rand(n, 3, r, r, generator=gen).to(device) - 0.5)
         alpha = options.edge_strength * edge

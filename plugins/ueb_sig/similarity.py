@@ -38,7 +38,9 @@ def class_similarity(features: torch.Tensor, labels: torch.Tensor) -> dict[str, 
     y = labels.long().to(f.device)
     classes = torch.unique(y)
     if len(classes) < 2:
-        raise DataError("class similarity needs at least two classes", "pass images of several classes")
+        raise DataError(
+            "class similarity needs at least two classes", "pass images of several classes"
+        )
     means = torch.stack([f[y == c].mean(0) for c in classes])  # (K, D)
     overall = f.mean(0)
     index = torch.searchsorted(classes, y)
@@ -65,13 +67,17 @@ def class_similarity(features: torch.Tensor, labels: torch.Tensor) -> dict[str, 
         "to_other_means": float(other_c.mean()),
         "margin": float((intra_c - other_c).mean()),
         "intra_centred": float(torch.stack([cown[y == c].mean() for c in classes]).mean()),
-        "to_other_means_centred": float(torch.stack([cother[y == c].mean() for c in classes]).mean()),
+        "to_other_means_centred": float(
+            torch.stack([cother[y == c].mean() for c in classes]).mean()
+        ),
         "classes": int(k),
         "samples": int(len(f)),
     }
 
 
-def latent_features(images: torch.Tensor, model: nn.Module, device: str = "cpu", batch_size: int = 128) -> torch.Tensor:
+def latent_features(
+    images: torch.Tensor, model: nn.Module, device: str = "cpu", batch_size: int = 128
+) -> torch.Tensor:
     """`model.features` (or the model's flattened output) of uint8 or [0, 1] images."""
     import torch
 
@@ -87,7 +93,11 @@ def latent_features(images: torch.Tensor, model: nn.Module, device: str = "cpu",
 
 
 def feature_network(
-    ctx: RunContext, num_classes: int, image_size: int, victim: str = "resnet18", weights: str | Path | None = None
+    ctx: RunContext,
+    num_classes: int,
+    image_size: int,
+    victim: str = "resnet18",
+    weights: str | Path | None = None,
 ) -> nn.Module:
     """The victim `victim` from the registry, untrained (seeded by ctx.seed) or loaded from a
     state-dict file (`weights`: a trained classifier for this victim; the head may differ)."""
@@ -98,15 +108,24 @@ def feature_network(
     if weights is not None:
         p = Path(weights)
         if not p.is_file():
-            raise ConfigError(f"--weights {p} does not exist", "pass a state-dict file saved from this victim")
+            raise ConfigError(
+                f"--weights {p} does not exist", "pass a state-dict file saved from this victim"
+            )
         state = torch.load(p, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]
         own = model.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and not k.startswith("head.")}
+        usable = {
+            k: v
+            for k, v in state.items()
+            if k in own and own[k].shape == v.shape and not k.startswith("head.")
+        }
         missing = [k for k in own if not k.startswith("head.") and k not in usable]
         if missing:
-            raise ConfigError(f"--weights {p} does not fit victim '{victim}' (e.g. missing '{missing[0]}')", "pass weights saved from the same victim")
+            raise ConfigError(
+                f"--weights {p} does not fit victim '{victim}' (e.g. missing '{missing[0]}')",
+                "pass weights saved from the same victim",
+            )
         model.load_state_dict(usable, strict=False)
     return model
 
@@ -140,9 +159,15 @@ def set_similarity(
         from ueb.imageset import ImageSet
         from ueb.training import Trainer
 
-        cfg = dataclasses.replace(ctx.training, iterations=train_iterations, milestones=(), eval_every=train_iterations)
-        data = ImageSet(images, labels, tuple(str(c) for c in range(num_classes)), name="similarity")
-        result = Trainer(cfg, ctx.device, ctx.seed, ctx.progress).fit(model, data, data, description="training the feature network")
+        cfg = dataclasses.replace(
+            ctx.training, iterations=train_iterations, milestones=(), eval_every=train_iterations
+        )
+        data = ImageSet(
+            images, labels, tuple(str(c) for c in range(num_classes)), name="similarity"
+        )
+        result = Trainer(cfg, ctx.device, ctx.seed, ctx.progress).fit(
+            model, data, data, description="training the feature network"
+        )
         source += f", then trained {train_iterations} steps on this set (train acc {result.final_acc:.1f}%)"
     feats = latent_features(images, model, str(ctx.device))
     return {**class_similarity(feats, labels), "features": source}
@@ -155,3 +180,32 @@ def bank_similarity(bank: SemanticBank, ctx: RunContext, **kw: Any) -> dict[str,
 
 def imageset_similarity(data: ImageSet, ctx: RunContext, **kw: Any) -> dict[str, Any]:
     return set_similarity(data.images, data.labels, ctx, **kw)
+
+
+def pixel_similarity(images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Mean centred cosine similarity of signed pixels within and across classes.
+
+    Every image (flattened, in [0, 1]) minus the mean image of the set: a positive cosine says
+    two images are brighter and darker in the same places, i.e. share their luminance layout,
+    not only their edges. `within` averages over pairs of distinct images of one class,
+    `across` over pairs from different classes.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = images.double().flatten(1)
+    if x.max() > 1:
+        x = x / 255
+    y = labels.long()
+    if len(torch.unique(y)) < 2:
+        from ueb.errors import DataError
+
+        raise DataError("pixel similarity needs at least two classes", "pass a labelled set")
+    f = F.normalize(x - x.mean(0), dim=1)
+    cos = f @ f.T
+    same = y[:, None] == y[None, :]
+    distinct = ~torch.eye(len(y), dtype=torch.bool)
+    return {
+        "within": float(cos[same & distinct].mean()),
+        "across": float(cos[~same].mean()),
+    }
