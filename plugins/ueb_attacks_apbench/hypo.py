@@ -31,9 +31,12 @@ class Hypocritical(Poisoner):
 
     version = "1"
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": {"surrogate": "fastnet", "craft_epochs": 2, "craft_batch_size": 32, "steps": 5,
-                  "step_size": 2 / 255},
-        "quick": {"surrogate": "fastnet", "craft_epochs": 10, "steps": 20, "step_size": 1 / 255},
+        # lr 0.1 collapses fastnet's crafting model to one class in a few dozen steps (its
+        # eval-mode output is then flat, with a zero gradient for that class's images)
+        "smoke": {"surrogate": "fastnet", "craft_epochs": 5, "craft_batch_size": 32,
+                  "craft_lr": 0.02, "steps": 5, "step_size": 1 / 255},
+        "quick": {"surrogate": "fastnet", "craft_epochs": 10, "craft_lr": 0.05, "steps": 20,
+                  "step_size": 1 / 255},
     }  # fmt: skip
 
     @dataclass(frozen=True)

@@ -32,10 +32,8 @@ class ContrastivePoisoning(Poisoner):
 
     version = "1"
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": {"surrogate": "fastnet", "epochs": 1, "batch_size": 32, "pgd_steps": 1,
-                  "warmup_epochs": 0, "projection_dim": 32},
-        "quick": {"surrogate": "fastnet", "epochs": 6, "batch_size": 256, "pgd_steps": 3,
-                  "warmup_epochs": 0},
+        "smoke": {"surrogate": "fastnet", "epochs": 1, "batch_size": 32, "pgd_steps": 1, "projection_dim": 32},
+        "quick": {"surrogate": "fastnet", "epochs": 6, "batch_size": 256, "pgd_steps": 3},
     }  # fmt: skip
 
     @dataclass(frozen=True)
@@ -51,8 +49,6 @@ class ContrastivePoisoning(Poisoner):
         lr: float = bounded(0.5, gt=0)
         momentum: float = bounded(0.9, ge=0, lt=1)
         weight_decay: float = bounded(1e-4, ge=0)
-        warmup_epochs: int = bounded(10, ge=0)  # official: on when the batch exceeds 256
-        warmup_from: float = bounded(0.01, gt=0)
         temperature: float = bounded(0.5, gt=0)
         base_temperature: float = bounded(0.07, gt=0)
         projection_dim: int = bounded(128, ge=1)
@@ -138,8 +134,8 @@ class ContrastivePoisoning(Poisoner):
                 encoder.train()
                 set_requires_grad(encoder, True)
                 losses = []
-                for i in range(model_steps):
-                    self._set_lr(opt, epoch, i, model_steps)
+                self._set_lr(opt, epoch)
+                for _ in range(model_steps):
                     idx = next(stream).to(dev)
                     consumed += 1
                     loss = self._loss(encoder, views, x[idx], delta[self._rows(y, idx)], aug_gen)
@@ -222,18 +218,12 @@ class ContrastivePoisoning(Poisoner):
                 count += 1
         return total / max(1, count)
 
-    def _set_lr(self, opt: torch.optim.Optimizer, epoch: int, step: int, steps: int) -> None:
-        """Cosine over epochs down to lr * 1e-3, after a linear warm-up over batches."""
+    def _set_lr(self, opt: torch.optim.Optimizer, epoch: int) -> None:
+        """The official per-epoch cosine down to lr * 1e-3 (its poisoning loop calls no warm-up:
+        only its clean and retraining loops do)."""
         p = self.params
         eta_min = p.lr * 1e-3
         lr = eta_min + (p.lr - eta_min) * (1 + math.cos(math.pi * (epoch + 1) / p.epochs)) / 2
-        if epoch < p.warmup_epochs:
-            warm_to = (
-                eta_min
-                + (p.lr - eta_min) * (1 + math.cos(math.pi * p.warmup_epochs / p.epochs)) / 2
-            )
-            progress = (step + epoch * steps) / (p.warmup_epochs * steps)
-            lr = p.warmup_from + progress * (warm_to - p.warmup_from)
         for group in opt.param_groups:
             group["lr"] = lr
 
