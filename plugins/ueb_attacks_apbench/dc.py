@@ -41,8 +41,8 @@ class DeepConfusion(Poisoner):
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"surrogate": "fastnet", "epochs": 1, "cls_epochs": 4, "batch_size": 8,
                   "generator_width": 4, "select": "last"},
-        "quick": {"surrogate": "fastnet", "epochs": 3, "cls_epochs": 2, "batch_size": 128,
-                  "generator_width": 16, "select": "last"},
+        "quick": {"surrogate": "fastnet", "epochs": 2, "cls_epochs": 1, "batch_size": 128,
+                  "generator_width": 8, "select": "last"},
     }  # fmt: skip
 
     @dataclass(frozen=True)

@@ -35,7 +35,7 @@ class Hypocritical(Poisoner):
         # eval-mode output is then flat, with a zero gradient for that class's images)
         "smoke": {"surrogate": "fastnet", "craft_epochs": 5, "craft_batch_size": 32,
                   "craft_lr": 0.02, "steps": 5, "step_size": 1 / 255},
-        "quick": {"surrogate": "fastnet", "craft_epochs": 10, "craft_lr": 0.05, "steps": 20,
+        "quick": {"surrogate": "fastnet", "craft_epochs": 10, "craft_lr": 0.05, "steps": 10,
                   "step_size": 1 / 255},
     }  # fmt: skip
 

@@ -33,7 +33,7 @@ class ContrastivePoisoning(Poisoner):
     version = "1"
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"surrogate": "fastnet", "epochs": 1, "batch_size": 32, "pgd_steps": 1, "projection_dim": 32},
-        "quick": {"surrogate": "fastnet", "epochs": 6, "batch_size": 256, "pgd_steps": 3},
+        "quick": {"surrogate": "fastnet", "epochs": 4, "batch_size": 256, "pgd_steps": 2},
     }  # fmt: skip
 
     @dataclass(frozen=True)
