@@ -8,6 +8,8 @@ stands in for and the cell the check must report; tests/test_baseline_ci.py runs
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from ueb_baselines.controls import ClassWiseSign
 from ueb_countermeasures.preprocess import BitDepthReduction, Grayscale
@@ -74,7 +76,8 @@ class NeverTrains(FastNet):
 
 
 @hookimpl
-def register_poisoners(register):
+def register_poisoners(register: Callable[..., None]) -> None:
+    """Broken cw-lf variants, with cw-lf's own registered defaults."""
     cw_lf = {"block": 8}  # cw-lf's registration
     register(
         "cw-lf-returns-clean",
@@ -93,7 +96,8 @@ def register_poisoners(register):
 
 
 @hookimpl
-def register_countermeasures(register):
+def register_countermeasures(register: Callable[..., None]) -> None:
+    """Countermeasures whose operation is dropped."""
     register(
         "bdr-ignored",
         IgnoredBitDepth,
@@ -111,7 +115,8 @@ def register_countermeasures(register):
 
 
 @hookimpl
-def register_victims(register):
+def register_victims(register: Callable[..., None]) -> None:
+    """A victim that never trains."""
     register(
         "fastnet-never-trains", NeverTrains, summary="mutant: fastnet whose weights never move"
     )
