@@ -16,7 +16,7 @@ from ueb.errors import ConfigError
 
 GradFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
-INSTALL = "pip install 'ueb[ntga]' (JAX and neural-tangents)"
+INSTALL = "pip install 'ueb[ntga]' for JAX and neural-tangents"
 
 
 def missing_packages() -> list[str]:
@@ -27,12 +27,16 @@ def missing_packages() -> list[str]:
 def require_jax() -> None:
     missing = missing_packages()
     if missing:
-        raise ConfigError(f"ntga needs {' and '.join(missing)}, which is not installed", INSTALL)
+        verb = "is" if len(missing) == 1 else "are"
+        raise ConfigError(
+            f"ntga needs {' and '.join(missing)}, which {verb} not installed", INSTALL
+        )
 
 
 def surrogate_kernel(model: str, num_classes: int, w_var: float, b_var: float) -> Any:
     """The kernel function of the official surrogates: `cnn` (two 5x5 stride-2 conv + ReLU
-    layers, then dense 384, 192 and the classes) or `fnn` (five dense + ReLU layers of 512)."""
+    layers, then dense 384, 192 and the classes) or `fnn` (five dense + erf layers of 512 on
+    the flattened image)."""
     from neural_tangents import stax
 
     w, b = float(np.sqrt(w_var)), float(np.sqrt(b_var))
@@ -50,8 +54,8 @@ def surrogate_kernel(model: str, num_classes: int, w_var: float, b_var: float) -
             stax.Dense(num_classes, w, b),
         ]
         return stax.serial(*convs, *head)[2]
-    dense = [stax.serial(stax.Dense(512, w, b), stax.Relu()) for _ in range(5)]
-    return stax.serial(stax.Flatten(), *dense, stax.Dense(num_classes, w, b))[2]
+    dense = [stax.serial(stax.Dense(512, w, b), stax.Erf()) for _ in range(5)]
+    return stax.serial(stax.Flatten(), *dense)[2]
 
 
 def validation_loss_grad(
