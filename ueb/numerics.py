@@ -83,6 +83,22 @@ def kernel_environment() -> tuple[tuple[str, str], ...]:
     return tuple((k, os.environ[k]) for k in KERNEL_ENV if os.environ.get(k))
 
 
+def channels_last_safe(
+    kind: str, accelerator: str, kernel_env: tuple[tuple[str, str], ...]
+) -> bool:
+    """Where channels_last is used when asked for. CUDA: always. CPU: with AVX-512 kernels only.
+    Measured (2026-12-01, torch 2.14.1): with oneDNN capped to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2,
+    as on an AVX2-only CPU) the backward pass of a channels_last ResNet-18 of width 2 or 4
+    segfaults, while contiguous tensors and AVX-512 kernels are fine; so AVX2 machines train
+    contiguous (and their ids say so)."""
+    if kind == "cuda":
+        return True
+    if kind != "cpu" or not accelerator.upper().startswith("AVX512"):
+        return False
+    cap = dict(kernel_env).get("ONEDNN_MAX_CPU_ISA") or dict(kernel_env).get("DNNL_MAX_CPU_ISA")
+    return cap is None or cap.upper().startswith("AVX512") or cap.upper() in ("ALL", "DEFAULT")
+
+
 def resolve_numerics(
     device: str, precision: str, channels_last: bool, threads: int, deterministic: bool
 ) -> Numerics:
@@ -95,13 +111,15 @@ def resolve_numerics(
     kind = device_type(device)
     if precision == "auto":
         precision = "bf16" if kind == "cuda" else "fp32"
+    accelerator = accelerator_of(kind, device)
+    env = kernel_environment()
     return Numerics(
         device=kind,
-        accelerator=accelerator_of(kind, device),
-        kernel_env=kernel_environment(),
+        accelerator=accelerator,
+        kernel_env=env,
         threads=threads or 1,
         precision=precision,
-        channels_last=bool(channels_last) and kind in ("cpu", "cuda"),
+        channels_last=bool(channels_last) and channels_last_safe(kind, accelerator, env),
         deterministic=deterministic,
     )
 

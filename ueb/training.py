@@ -83,6 +83,7 @@ class Trainer:
         self.device = resolve_device(str(device) if device is not None else None)
         self.seed = seed
         self.progress = progress or silent()
+        self._channels_last = self._channels_last_here()
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -94,8 +95,21 @@ class Trainer:
 
     @property
     def use_channels_last(self) -> bool:
-        # Faster on CPUs and GPUs alike (ueb/numerics.py); not implemented for MPS here.
-        return self.cfg.channels_last and self.device.type in ("cpu", "cuda")
+        return self._channels_last
+
+    def _channels_last_here(self) -> bool:
+        """Faster on CPUs and GPUs alike; used where ueb.numerics.channels_last_safe says
+        (CUDA, AVX-512 CPUs), also for trainings a plugin configures itself."""
+        if not self.cfg.channels_last:
+            return False
+        from ueb.numerics import accelerator_of, channels_last_safe, kernel_environment
+
+        kind = self.device.type
+        if kind not in ("cpu", "cuda"):
+            return False
+        return channels_last_safe(
+            kind, accelerator_of(kind, str(self.device)), kernel_environment()
+        )
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.use_bf16:

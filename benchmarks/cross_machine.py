@@ -1,0 +1,164 @@
+"""Another machine, simulated on this one: does a cell's mean survive a change of numerics?
+
+Two machines of one kind differ in how they compute, not in what: intra-op threads, the ISA
+oneDNN may use, the memory layout of convolutions. This script runs a fixed cell set (the clean
+row, DH(C) and two class-wise calibration controls, under vanilla training and JPEG-10) once
+with the default numerics and once under each perturbation, each in a cache of its own (so
+nothing is reused between them), and reports per cell whether the perturbed mean lies inside
+the default run's 95% t-interval.
+
+    python benchmarks/cross_machine.py [--profile quick] [--out DIR] [--workers 2]
+
+Perturbations: `threads-2` (two intra-op threads per process), `isa-avx2`
+(ONEDNN_MAX_CPU_ISA=AVX2), `contiguous` (channels_last off). A cell whose perturbed mean
+falls outside the default's interval is not robust to that change at this budget: the seeds
+do not cover the floating-point path. The table goes to OUT/cross_machine.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+POISONERS = "deephiding,cw-mf,cw-lf"
+COUNTERMEASURES = "vanilla,jpeg10"
+PERTURBATIONS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "threads-2": {"training": {"threads": 2}},
+    "isa-avx2": {"env": {"ONEDNN_MAX_CPU_ISA": "AVX2"}},
+    "contiguous": {"training": {"channels_last": False}},
+}
+
+
+def profile_variant(profile: str, training: dict[str, Any], folder: Path) -> str:
+    """A copy of `profile` with training settings changed (same name and scale presets)."""
+    if not training:
+        return profile
+    path = Path(profile) if Path(profile).suffix else REPO / "ueb" / "profiles" / f"{profile}.toml"
+    raw = tomllib.loads(path.read_text())
+    raw.setdefault("scale", raw.get("name", path.stem))
+    raw["training"] = {**raw.get("training", {}), **training}
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{path.stem}-{'-'.join(f'{k}{v}' for k, v in training.items())}.toml"
+    out.write_text(_toml(raw))
+    return str(out)
+
+
+def _toml(data: dict[str, Any]) -> str:
+    """Enough TOML for a profile: scalars, lists, and one level of tables (plus [plugins.X])."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+
+    lines = [f"{k} = {value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for key, table in data.items():
+        if not isinstance(table, dict) or key == "plugins":
+            continue
+        lines += ["", f"[{key}]", *(f"{k} = {value(v)}" for k, v in table.items())]
+    for name, table in data.get("plugins", {}).items():
+        lines += ["", f'[plugins."{name}"]', *(f"{k} = {value(v)}" for k, v in table.items())]
+    return "\n".join(lines) + "\n"
+
+
+def run_variant(name: str, spec: dict[str, Any], args: argparse.Namespace) -> Path:
+    folder = args.out / name
+    profile = profile_variant(args.profile, spec.get("training", {}), folder)
+    env = {**os.environ, **spec.get("env", {}), "UEB_CACHE": str(folder / "cache")}
+    cmd = [sys.executable, "-m", "ueb.cli", "run", "-p", POISONERS, "-c", COUNTERMEASURES]
+    cmd += ["--profile", profile, "--run-dir", str(folder / "run"), "-q"]
+    cmd += ["--workers", str(args.workers)]
+    start = time.perf_counter()
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"{name}: ueb run failed ({res.returncode}): {res.stderr.strip()[-500:]}")
+    print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
+    return folder / "run"
+
+
+def cells(run_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    table = json.loads((run_dir / "table.json").read_text())
+    out = {}
+    for row in table["rows"]:
+        for column, cell in row["cells"].items():
+            out[(row["poisoner"], column)] = cell
+    return out
+
+
+def compare(default: dict, perturbed: dict[str, dict]) -> list[dict[str, Any]]:
+    rows = []
+    for key, base in default.items():
+        mean, hw = base.get("mean"), base.get("ci95")
+        row: dict[str, Any] = {
+            "poisoner": key[0],
+            "countermeasure": key[1],
+            "default": mean,
+            "ci95": hw,
+        }
+        for name, cellset in perturbed.items():
+            other = cellset.get(key, {}).get("mean")
+            inside = (
+                None if mean is None or hw is None or other is None else abs(other - mean) <= hw
+            )
+            row[name] = {"mean": other, "inside": inside}
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], names: list[str], header: str) -> str:
+    out = [header, "", "| cell | default (95% CI) | " + " | ".join(names) + " |"]
+    out.append("|---|---:|" + "---:|" * len(names))
+    for r in rows:
+        base = "-" if r["default"] is None else f"{r['default']:.2f} ± {r['ci95'] or 0:.2f}"
+        parts = []
+        for n in names:
+            got = r[n]
+            mark = {True: "in", False: "**OUT**", None: "?"}[got["inside"]]
+            parts.append("-" if got["mean"] is None else f"{got['mean']:.2f} ({mark})")
+        out.append(
+            f"| {r['poisoner']} / {r['countermeasure']} | {base} | " + " | ".join(parts) + " |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="quick")
+    ap.add_argument("--out", type=Path, default=Path("runs/cross-machine"))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--only", help="comma list of perturbations (default: all)")
+    args = ap.parse_args()
+    args.out = args.out.resolve()
+    names = [n for n in PERTURBATIONS if n != "default"]
+    if args.only:
+        names = [n for n in names if n in args.only.split(",")]
+    default = cells(run_variant("default", {}, args))
+    perturbed = {n: cells(run_variant(n, PERTURBATIONS[n], args)) for n in names}
+    rows = compare(default, perturbed)
+    from ueb.numerics import cpu_model
+
+    header = (
+        f"Cross-machine check, profile {args.profile}, {time.strftime('%Y-%m-%d')}, "
+        f"{cpu_model()}, {args.workers} workers: perturbed mean inside the default's 95% t-interval?"
+    )
+    text = markdown(rows, names, header)
+    (args.out / "cross_machine.md").write_text(text)
+    (args.out / "cross_machine.json").write_text(json.dumps(rows, indent=2))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
