@@ -142,9 +142,12 @@ def build_app() -> typer.Typer:
         data_root: RootOpt = None,
         device: DeviceOpt = "auto",
         as_json: JsonOpt = False,
+        seed: Annotated[int, typer.Option(help="Run seed (the hider is trained per seed)")] = 0,
     ) -> None:
         """Train (or resume, or reuse) the hider for a dataset and hidden-image bank; writes loss.png beside it."""
-        dh, train_set, ctx = _setup(profile, dataset, poisoner, param, cache_dir, data_root, device)
+        dh, train_set, ctx = _setup(
+            profile, dataset, poisoner, param, cache_dir, data_root, device, seed
+        )
         _, _, facts = dh.prepare(train_set, ctx)
         facts["loss_plot"] = str(Path(facts["hider_path"]) / "loss.png")
         _emit("deephiding hider", facts, as_json)
@@ -219,7 +222,9 @@ def build_app() -> typer.Typer:
                 "--out", "-o", help="Write revealed.png (rows: unlearnable, revealed, hidden)"
             ),
         ] = None,
-        seed: Annotated[int, typer.Option(help="Seed of the latent r")] = 0,
+        seed: Annotated[
+            int, typer.Option(help="Run seed: picks the hider and the poison, and the latent r")
+        ] = 0,
         cache_dir: CacheOpt = None,
         data_root: RootOpt = None,
         device: DeviceOpt = "auto",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ueb.errors import ConfigError, DataError
-from ueb.params import parse_params
+from ueb.params import bounded, parse_params
 
 from .diffusion import DiffusionOptions
 from .offline import GENERATOR_NAME, OfflineOptions
@@ -53,7 +53,9 @@ class SigOptions:
     prompts: str | None = None  # corpus file; None = the built-in prompts.txt
     encoder: str = "minilm"  # "minilm" (offline default) | "clip"
     clip_model: str | None = None  # local CLIP folder for encoder="clip"
-    clusters_per_class: float = 2.0  # K-means clusters = round(this * k), capped by the corpus
+    clusters_per_class: float = bounded(
+        2.0, gt=0
+    )  # K-means clusters = round(this * k), capped by the corpus
     sd_model: str | None = None
     controlnet: str | None = None
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ueb.errors import ConfigError
+from ueb.params import bounded
 
 from .weights import (
     CLI,
@@ -26,15 +27,17 @@ from .weights import (
 
 @dataclass(frozen=True)
 class DiffusionOptions:
-    steps: int = 20  # the diffusers ControlNet examples use UniPC with 20 steps
-    guidance_scale: float = 7.5
-    conditioning_scale: float = 1.0
-    gen_size: int = 512  # SD 1.x native resolution; images are area-resized to the bank size
-    batch_size: int = 8
+    steps: int = bounded(20, ge=1)  # the diffusers ControlNet examples use UniPC with 20 steps
+    guidance_scale: float = bounded(7.5, ge=0)
+    conditioning_scale: float = bounded(1.0, ge=0)
+    gen_size: int = bounded(
+        512, ge=8
+    )  # SD 1.x native resolution; images are area-resized to the bank size
+    batch_size: int = bounded(8, ge=1)
     negative_prompt: str = "lowres, blurry, watermark, text"
     scheduler: str = "unipc"  # "unipc" | "as-saved"
-    canny_low: int = 100
-    canny_high: int = 200
+    canny_low: int = bounded(100, ge=0, le=255)
+    canny_high: int = bounded(200, ge=0, le=255)
 
 
 def describe_weights(
