@@ -33,6 +33,8 @@ KIND_ALIASES = {
     "victim": "victim",
     "datasets": "dataset",
     "dataset": "dataset",
+    "detectors": "detector",
+    "detector": "detector",
 }
 
 
@@ -64,12 +66,18 @@ def run(
     poisoner: Annotated[
         list[str],
         typer.Option(
-            "--poisoner", "-p", help="Poisoner names, globs or 'all' (repeatable, comma lists)."
+            "--poisoner",
+            "-p",
+            help="Poisoner names, globs, 'family:NAME', 'all' (ueb's own) or 'all+' (with third-party plugins); repeatable, comma lists.",
         ),
     ] = [],  # noqa: B006
     countermeasures: Annotated[
         list[str],
-        typer.Option("--countermeasures", "-c", help="Countermeasure names, globs or 'all'."),
+        typer.Option(
+            "--countermeasures",
+            "-c",
+            help="Countermeasure names, globs, 'all' (ueb's own) or 'all+' (with third-party plugins).",
+        ),
     ] = [],  # noqa: B006
     victim: Annotated[
         list[str],

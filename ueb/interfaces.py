@@ -153,9 +153,10 @@ class Poisoner(Plugin):
     """Turns a clean training set into an unlearnable one (labels unchanged)."""
 
     kind: ClassVar[str] = "poisoner"
-    # True only when the poison does not depend on the run seed (a fixed published pattern,
-    # the clean reference). Every other poisoner draws all its randomness from `ctx.seed`, so
-    # the spread over seeds samples the poison too; the conformance kit checks both claims.
+    # True only when the method has no randomness (a fixed published pattern, a deterministic
+    # search, the clean reference): its poison may be the same for every seed. Every other
+    # poisoner draws all its randomness from `ctx.seed`, so the spread over seeds samples the
+    # poison too; the conformance kit checks that two seeds give two poisons.
     deterministic: ClassVar[bool] = False
 
     @abstractmethod

@@ -146,6 +146,7 @@ from dataclasses import dataclass
 
 import torch
 from ueb.interfaces import Budget, Poisoner
+from ueb.params import bounded
 
 
 class Noise(Poisoner):
@@ -155,7 +156,7 @@ class Noise(Poisoner):
 
     @dataclass(frozen=True)
     class Params:
-        eps: float = 8 / 255
+        eps: float = bounded(8 / 255, gt=0, le=1)
 
     def budget(self) -> Budget:
         return Budget("linf", self.params.eps)
@@ -182,6 +183,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 from ueb.interfaces import Countermeasure
+from ueb.params import bounded
 
 
 class Blur(Countermeasure):
@@ -192,7 +194,7 @@ class Blur(Countermeasure):
 
     @dataclass(frozen=True)
     class Params:
-        kernel: int = 3
+        kernel: int = bounded(3, ge=1)
 
         def __post_init__(self) -> None:
             if self.kernel < 1 or self.kernel % 2 == 0:
@@ -215,6 +217,7 @@ from typing import Any, ClassVar
 from torch import nn
 from ueb.interfaces import Victim
 from ueb.nn import Classifier
+from ueb.params import bounded
 
 
 class SmallCNN(Victim):
@@ -226,7 +229,7 @@ class SmallCNN(Victim):
 
     @dataclass(frozen=True)
     class Params:
-        width: int = 32
+        width: int = bounded(32, ge=1)
 
     def build(self, num_classes, image_size, in_channels=3):
         w = self.params.width

@@ -132,6 +132,7 @@ class OnePixelShortcut(Poisoner):
     """One pixel per class set to an extreme colour chosen by the official search; L0 = 1."""
 
     version = "1"
+    deterministic = True  # the search is; only ties between equal scores are drawn from the seed
 
     @dataclass(frozen=True)
     class Params:

@@ -15,6 +15,7 @@ class Clean(Poisoner):
     """Leaves the data as it is; its cells are the clean-training reference."""
 
     version = "1"
+    deterministic = True
 
     @dataclass(frozen=True)
     class Params:

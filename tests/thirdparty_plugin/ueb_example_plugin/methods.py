@@ -5,16 +5,18 @@ from dataclasses import dataclass
 import torch
 
 from ueb.interfaces import Budget, Countermeasure, Poisoner
+from ueb.params import bounded
 
 
 class CornerPatch(Poisoner):
     """Each class gets its own 3x3 grey level in the top-left corner (L0 = 9 pixels)."""
 
     version = "1"
+    deterministic = True  # no randomness: every seed gives the same poison
 
     @dataclass(frozen=True)
     class Params:
-        size: int = 3
+        size: int = bounded(3, ge=1)
 
     def budget(self) -> Budget:
         return Budget("l0", self.params.size**2)
