@@ -68,3 +68,17 @@ def test_labels_outside_the_classes_are_one_line_when_the_data_loads():
     with pytest.raises(DataError) as info:
         load_splits(_BadLabels(name="broken"), "digest-bad-labels", None, DataConfig())
     assert "train label 12, outside 0..1 for its 2 classes" in info.value.line()
+
+
+def test_ueb_plugins_is_legible_at_80_columns():
+    from ueb.registry import get_registry
+
+    res = run_cli("plugins", env={"COLUMNS": "80"})
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    for rec in get_registry().host.records.values():
+        head = f"{rec.name}  {rec.distribution} {rec.version}  {'ok' if rec.ok else 'FAILED'}"
+        assert head in lines, (head, res.stdout[:2000])
+    words = " ".join(lines).split()
+    assert "poisoner:deephiding," in words or "poisoner:deephiding" in words  # never cut

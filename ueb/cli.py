@@ -598,9 +598,32 @@ def plugins(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         }
         for rec in sorted(registry.host.records.values(), key=lambda r: (r.distribution, r.name))
     ]
-    Output(json_mode=as_json).rows(
-        rows, columns=["plugin", "distribution", "version", "status", "registered"], title="Plugins"
-    )
+    out = Output(json_mode=as_json)
+    if as_json:
+        out.rows(rows, columns=["plugin", "distribution", "version", "status", "registered"])
+        return
+    _print_plugins(out, rows)
+
+
+def _print_plugins(out: Output, rows: list[dict[str, str]]) -> None:
+    """One block per plugin module, legible at any width: a head line with the name,
+    distribution, version and status in full, then what it registered (and a failure's reason),
+    wrapped at word boundaries under it."""
+    from rich.padding import Padding
+    from rich.text import Text
+
+    console = out.console
+    for row in rows:
+        ok = row["status"] == "ok"
+        head = Text()
+        head.append(row["plugin"], style="bold")
+        head.append(f"  {row['distribution']} {row['version']}  ")
+        head.append("ok" if ok else "FAILED", style="green" if ok else "bold red")
+        console.print(head, overflow="fold")
+        detail = row["registered"] or "(nothing registered)"
+        if not ok:
+            detail = row["status"].removeprefix("FAILED: ")
+        console.print(Padding(Text(detail, overflow="fold"), (0, 0, 0, 4), expand=False))
 
 
 @app.command()
