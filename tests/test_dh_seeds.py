@@ -72,7 +72,10 @@ def test_two_seeds_give_two_poisons_and_one_seed_the_same_bytes(poisons, name):
 
 
 def test_both_modes_of_one_seed_share_one_hider(poisons):
-    assert poisons["deephiding", 0][1]["hider_artifact"] == poisons["deephiding-s", 0][1]["hider_artifact"]
+    assert (
+        poisons["deephiding", 0][1]["hider_artifact"]
+        == poisons["deephiding-s", 0][1]["hider_artifact"]
+    )
     root = poisons["deephiding", 0][2].artifacts.root / "deephiding-hider"
     assert len([f for f in root.iterdir() if f.is_dir()]) == 2  # seeds 0 and 1
 
@@ -88,9 +91,14 @@ def test_the_hider_does_not_depend_on_the_victims_training(train, tmp_path):
     from ueb.profile import load_profile
 
     dh = get_registry().create("poisoner", "deephiding", SMOKE)
-    for training in (load_profile("smoke").training, replace(load_profile("smoke").training, lr=0.3, iterations=99)):
+    for training in (
+        load_profile("smoke").training,
+        replace(load_profile("smoke").training, lr=0.3, iterations=99),
+    ):
         ctx = make_run_context(tmp_path, seed=0, training=training)
         dh.poison(train, ctx)
     hiders = [f for f in (tmp_path / "artifacts" / "deephiding-hider").iterdir() if f.is_dir()]
-    extractors = [f for f in (tmp_path / "artifacts" / "deephiding-extractor").iterdir() if f.is_dir()]
+    extractors = [
+        f for f in (tmp_path / "artifacts" / "deephiding-extractor").iterdir() if f.is_dir()
+    ]
     assert len(hiders) == 1 and len(extractors) == 1

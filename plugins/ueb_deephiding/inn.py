@@ -31,7 +31,9 @@ class DenseSubnet(nn.Module):
         super().__init__()
         if layers < 2:
             raise ValueError("a dense sub-network needs at least 2 layers")
-        self.convs = nn.ModuleList(nn.Conv2d(cin + k * growth, growth, 3, padding=1) for k in range(layers - 1))
+        self.convs = nn.ModuleList(
+            nn.Conv2d(cin + k * growth, growth, 3, padding=1) for k in range(layers - 1)
+        )
         self.out = nn.Conv2d(cin + (layers - 1) * growth, cout, 3, padding=1)
         self.act = nn.LeakyReLU(slope)
 
@@ -100,12 +102,16 @@ class HidingNetwork(nn.Module):
             else:
                 param.normal_(0.0, init_scale)
 
-    def forward_bands(self, zc: torch.Tensor, zh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_bands(
+        self, zc: torch.Tensor, zh: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         for block in self.blocks:
             zc, zh = block(zc, zh)
         return zc, zh
 
-    def reverse_bands(self, zc: torch.Tensor, zh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def reverse_bands(
+        self, zc: torch.Tensor, zh: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         for block in reversed(self.blocks):
             zc, zh = block.reverse(zc, zh)
         return zc, zh
@@ -114,7 +120,12 @@ class HidingNetwork(nn.Module):
         zc, zh = self.forward_bands(_cl(haar_dwt(clean)), _cl(haar_dwt(hidden)))
         return haar_idwt(zc), zh
 
-    def reveal(self, container: torch.Tensor, r: torch.Tensor | None = None, generator: torch.Generator | None = None):
+    def reveal(
+        self,
+        container: torch.Tensor,
+        r: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ):
         """(revealed clean, revealed hidden) from a container image and latent r (sub-band shaped)."""
         zc = _cl(haar_dwt(container))
         if r is None:

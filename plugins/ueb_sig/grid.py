@@ -11,7 +11,14 @@ if TYPE_CHECKING:
     from .bank import SemanticBank
 
 
-def grid_array(bank: SemanticBank, classes: int = 10, per_class: int = 10, cell: int = 64, with_edges: bool = True, gap: int = 2) -> np.ndarray:
+def grid_array(
+    bank: SemanticBank,
+    classes: int = 10,
+    per_class: int = 10,
+    cell: int = 64,
+    with_edges: bool = True,
+    gap: int = 2,
+) -> np.ndarray:
     """The grid as uint8 (H, W, 3)."""
     import cv2
 

@@ -93,7 +93,9 @@ def _load_photo(src: ShapeSource) -> np.ndarray:
 
         p = Path(src.path)
         if not p.is_file():
-            raise DataError(f"image {p} named in the prompt corpus does not exist", "fix the path after the TAB")
+            raise DataError(
+                f"image {p} named in the prompt corpus does not exist", "fix the path after the TAB"
+            )
         return np.asarray(Image.open(p).convert("RGB"))
     import skimage.data
 
@@ -126,7 +128,9 @@ def source_image(src: ShapeSource, size: int) -> np.ndarray:
     if src.mirror:
         img = img[:, ::-1]
     interp = cv2.INTER_AREA if s >= size else cv2.INTER_CUBIC
-    return np.ascontiguousarray(cv2.resize(np.ascontiguousarray(img), (size, size), interpolation=interp))
+    return np.ascontiguousarray(
+        cv2.resize(np.ascontiguousarray(img), (size, size), interpolation=interp)
+    )
 
 
 def canny_map(rgb: np.ndarray, low: int = 100, high: int = 200, blur: float = 1.0) -> np.ndarray:
@@ -139,7 +143,9 @@ def canny_map(rgb: np.ndarray, low: int = 100, high: int = 200, blur: float = 1.
     return cv2.Canny(gray, low, high)
 
 
-def assign_sources(prompt_embeddings: np.ndarray, sources: list[ShapeSource], description_embeddings: np.ndarray) -> list[int]:
+def assign_sources(
+    prompt_embeddings: np.ndarray, sources: list[ShapeSource], description_embeddings: np.ndarray
+) -> list[int]:
     """Pair class c with source perm[c], maximising total prompt/description similarity.
 
     `description_embeddings[i]` embeds `PHOTOS[i][1]` (normalised, same encoder as the prompts).

