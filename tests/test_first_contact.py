@@ -82,3 +82,28 @@ def test_ueb_plugins_is_legible_at_80_columns():
         assert head in lines, (head, res.stdout[:2000])
     words = " ".join(lines).split()
     assert "poisoner:deephiding," in words or "poisoner:deephiding" in words  # never cut
+
+
+def test_debug_shows_where_a_plugin_failed_during_a_run(tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "raising.py").write_text(
+        "from ueb.hookspecs import hookimpl\n"
+        "from ueb.interfaces import Countermeasure\n\n\n"
+        "class Raising(Countermeasure):\n"
+        "    stage = 'data'\n\n"
+        "    def transform_train_set(self, train, ctx):\n"
+        "        raise RuntimeError('the filter exploded')\n\n\n"
+        "@hookimpl\n"
+        "def register_countermeasures(register):\n"
+        "    register('raising', Raising, stage='data')\n"
+    )
+    args = ["--plugins-dir", str(plugins), "run", "-p", "random-noise", "-c", "raising"]
+    args += ["--profile", "smoke", "--run-dir", str(tmp_path / "run")]
+    env = {"UEB_CACHE": str(tmp_path / "cache")}
+    plain = run_cli(*args, env=env)
+    assert plain.returncode == 1 and "the filter exploded at raising.py:9" in plain.stderr
+    assert "Traceback" not in plain.stderr
+    debug = run_cli(*args, "--debug", "--run-dir", str(tmp_path / "run2"), env=env)
+    assert debug.returncode == 1
+    assert "Traceback (most recent call last)" in debug.stderr and 'raising.py", line 9' in debug.stderr

@@ -168,6 +168,13 @@ def run(
     fail_fast: Annotated[
         bool, typer.Option("--fail-fast", help="Stop at the first failing cell.")
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="Print the full traceback (file:line) of a failing plugin, poison or cell (also UEB_DEBUG=1).",
+        ),
+    ] = False,
     quiet: Annotated[
         bool,
         typer.Option(
@@ -192,6 +199,8 @@ def run(
     ] = [],  # noqa: B006
 ) -> None:
     """Run the poisoner x countermeasure x victim matrix and print the Table I layout."""
+    if debug:
+        os.environ["UEB_DEBUG"] = "1"  # workers inherit it
     from ueb.config import build_config, load_matrix_file, parse_grid_flags, parse_param_flags
     from ueb.plan import resolve
 
@@ -763,6 +772,10 @@ def main() -> None:
         args = _take_plugins_dir(sys.argv[1:])
         code = get_app()(args=args, prog_name="ueb", standalone_mode=False)
     except UebError as exc:
+        if os.environ.get("UEB_DEBUG"):
+            import traceback
+
+            traceback.print_exception(exc)
         Output().error(exc.line())
         sys.exit(2)
     except _abort_types():

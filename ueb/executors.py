@@ -44,6 +44,10 @@ def poison_task(
         _worker_for(job).poisoned(*group)
         return group, None, False
     except Exception as exc:
+        if os.environ.get("UEB_DEBUG"):
+            import traceback
+
+            traceback.print_exception(exc)  # the worker's stderr is the terminal's
         return group, one_line(exc), not recoverable(exc)
 
 

@@ -12,6 +12,7 @@ Cells run in this process (`workers=1`), in a process pool (`workers>1`) or as R
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -203,6 +204,10 @@ class MatrixRunner:
                 try:
                     worker.poisoned(*cell.group)
                 except Exception as exc:
+                    if os.environ.get("UEB_DEBUG"):
+                        import traceback
+
+                        traceback.print_exception(exc)
                     policy.poison_failed(cell.group, exc, one_line(exc))
                     self.warn(f"poisoner {cell.poisoner} failed: {policy.group_error(cell)}")
             if policy.group_error(cell) is not None:
@@ -307,6 +312,9 @@ class MatrixRunner:
             self.warn(
                 f"cell failed: {record.poisoner} x {record.countermeasure} x {record.victim} (seed {record.seed}): {record.error}"
             )
+            trace = (record.extra or {}).get("traceback")
+            if trace and os.environ.get("UEB_DEBUG"):  # --debug: where it failed, in full
+                self.warn("traceback of the failure above:\n" + str(trace).rstrip())
         self.store.put(record)
 
     def clean_reference(self, record: CellRecord) -> tuple[float, float] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -417,7 +418,9 @@ class CellWorker:
         try:
             return self.run_cell(cell), None
         except Exception as exc:
-            return error_record(self.plan, cell, one_line(exc)), (None if recoverable(exc) else exc)
+            record = error_record(self.plan, cell, one_line(exc))
+            record.extra = {"traceback": "".join(traceback.format_exception(exc))}
+            return record, (None if recoverable(exc) else exc)
 
     def save_model(self, cell: Cell, state: dict[str, Any], victim: Victim) -> None:
         from ueb.atomic import save_torch
