@@ -282,7 +282,7 @@ def test_adversarial_loss_hook_trains_on_pgd_examples():
     assert float(trained_on.min()) >= 0 and float(trained_on.max()) <= 1
     with torch.no_grad():
         clean_loss = batch.loss(model(batch.x))
-    assert float(loss) > float(clean_loss) + 1e-3  # the loss of the adversarial batch, not the clean one
+    assert float(loss.detach()) > float(clean_loss) + 1e-3  # the adversarial batch's loss, not the clean one
     loss.backward()
     assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.parameters())
 
