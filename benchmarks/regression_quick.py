@@ -1,5 +1,6 @@
-"""The slow tier of the regression check on numbers: every built-in poisoner and countermeasure on
-the `quick` profile (its three seeds), against the `quick-regression` baseline.
+"""The slow tier of the regression check on numbers: every built-in poisoner and countermeasure
+that `all` selects, on the `quick` profile (its three seeds), against the `quick-regression`
+baseline. Hidden names (controls, variants, defences outside the main job) join by name.
 
 Not run in CI: the matrix is many CPU hours (the Deep Hiding main job alone is 75 minutes on two
 cores). The run directory resumes, so an interrupted check continues where it stopped.
