@@ -35,7 +35,7 @@ class AugmentedAdversarialPoisoning(Poisoner):
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"surrogate": "fastnet", "ref_epochs": 1, "ref_warmup": 0, "batch_size": 20, "lr": 0.05,
                   "perturb_iters": 2},
-        "quick": {"surrogate": "fastnet", "ref_epochs": 8, "ref_warmup": 2, "perturb_iters": 20},
+        "quick": {"surrogate": "fastnet", "ref_epochs": 5, "ref_warmup": 1, "perturb_iters": 10},
     }  # fmt: skip
 
     @dataclass(frozen=True)

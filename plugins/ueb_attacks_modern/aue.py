@@ -36,7 +36,7 @@ class AugmentedUnlearnable(Poisoner):
     version = "1"
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"surrogate": "fastnet", "epochs": 1, "batch_size": 20, "perturb_iters": 1},
-        "quick": {"surrogate": "fastnet", "epochs": 6},
+        "quick": {"surrogate": "fastnet", "epochs": 3},
     }
 
     @dataclass(frozen=True)

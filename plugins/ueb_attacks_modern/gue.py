@@ -58,7 +58,7 @@ class GameTheoreticUnlearnable(Poisoner):
             "inner_steps": 5,
             "generator_width": 4,
         },
-        "quick": {"surrogate": "fastnet", "epochs": 2, "inner_steps": 3, "generator_width": 16},
+        "quick": {"surrogate": "fastnet", "epochs": 1, "inner_steps": 3, "generator_width": 16},
     }
 
     @dataclass(frozen=True)

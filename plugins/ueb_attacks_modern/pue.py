@@ -79,8 +79,8 @@ class ProvablyUnlearnable(Poisoner):
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"surrogate": "fastnet", "train_steps": 2, "batch_size": 40, "max_rounds": 2, "robust_noise": 0.05,
                   "weight_draws": 2, "perturb_draws": 2, "cert_draws": 50},
-        "quick": {"surrogate": "fastnet", "train_steps": 10, "max_rounds": 8, "robust_noise": 0.1,
-                  "weight_draws": 2, "perturb_draws": 2, "cert_draws": 100},
+        "quick": {"surrogate": "fastnet", "train_steps": 10, "max_rounds": 4, "robust_noise": 0.1,
+                  "weight_draws": 2, "perturb_draws": 2, "cert_draws": 50},
     }  # fmt: skip
 
     @dataclass(frozen=True)

@@ -34,8 +34,8 @@ class StableErrorMinimizing(Poisoner):
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"surrogate": "fastnet", "train_steps": 2, "samples": 1, "steps": 1,
                   "atk_steps": 1, "batch_size": 40},
-        "quick": {"surrogate": "fastnet", "train_steps": 100, "samples": 1, "steps": 3,
-                  "step_size": 3.2 / 255, "atk_steps": 2, "atk_step_size": 2 / 255, "lr_decay_every": 40},
+        "quick": {"surrogate": "fastnet", "train_steps": 50, "samples": 1, "steps": 3,
+                  "step_size": 3.2 / 255, "atk_steps": 2, "atk_step_size": 2 / 255, "lr_decay_every": 20},
     }  # fmt: skip
 
     @dataclass(frozen=True)
