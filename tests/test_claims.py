@@ -1,6 +1,6 @@
 """Claims the documentation makes that no other test held: `--dry-run` computes nothing, the
 run-directory name, a registration that cannot be imported, a failing cell under the process
-pool, and the cell identity pinned to its canonical form."""
+pool (and the rerun that resumes it), and the cell identity pinned to its canonical form."""
 
 from __future__ import annotations
 
@@ -123,6 +123,7 @@ def test_a_registration_that_cannot_be_imported_fails_at_first_use_with_one_clea
 
 
 FAILING = '''
+import os
 from dataclasses import dataclass
 
 from ueb.hookspecs import hookimpl
@@ -130,7 +131,7 @@ from ueb.interfaces import Budget, Poisoner
 
 
 class Explodes(Poisoner):
-    """Fails inside its worker process."""
+    """Fails inside its worker process while UEB_TEST_EXPLODE is set; else the clean images."""
 
     version = "1"
     deterministic = True
@@ -139,11 +140,17 @@ class Explodes(Poisoner):
     class Params:
         pass
 
+    @property
+    def sample_wise(self):
+        return False
+
     def budget(self):
         return Budget("unbounded")
 
     def poison(self, train, ctx):
-        raise RuntimeError("exploded on purpose")
+        if os.environ.get("UEB_TEST_EXPLODE"):
+            raise RuntimeError("exploded on purpose")
+        return train.float01()
 
 
 @hookimpl
@@ -153,7 +160,9 @@ def register_poisoners(register):
 
 
 @pytest.mark.slow
-def test_a_failing_cell_under_the_process_pool_is_recorded_and_the_others_finish(tmp_path):
+def test_a_failing_cell_under_the_process_pool_is_recorded_the_others_finish_and_a_rerun_resumes(
+    tmp_path,
+):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     shutil.copy(FIXTURES / "minimal_plugins.py", plugins)
@@ -169,10 +178,9 @@ def test_a_failing_cell_under_the_process_pool_is_recorded_and_the_others_finish
         "-v",
         "tiny",
     ]
-    res = run_cli(
-        *args, "--profile", "smoke", "--workers", "2", "--run-dir", str(tmp_path / "run"), "-q",
-        env={"UEB_CACHE": str(tmp_path / "cache")},
-    )  # fmt: skip
+    args += ["--profile", "smoke", "--workers", "2", "--run-dir", str(tmp_path / "run"), "-q"]
+    cache = {"UEB_CACHE": str(tmp_path / "cache")}
+    res = run_cli(*args, env={**cache, "UEB_TEST_EXPLODE": "1"})
     assert res.returncode != 0  # a run with a failed cell says so
     assert "exploded on purpose" in res.stdout + res.stderr
     records = {(r.poisoner, r.countermeasure): r for r in Store(tmp_path / "run").records()}
@@ -186,6 +194,17 @@ def test_a_failing_cell_under_the_process_pool_is_recorded_and_the_others_finish
         )
         for ok in ("clean", "random-noise"):
             assert records[ok, cm].status == "ok" and records[ok, cm].final_acc is not None
+    # the same command again, the cause gone: the failed cells are computed, the others kept
+    again = run_cli(*args, env=cache)
+    assert again.returncode == 0, again.stderr
+    assert "4 done here" in " ".join(again.stdout.split()) and "2 to compute" in again.stdout
+    after = {(r.poisoner, r.countermeasure): r for r in Store(tmp_path / "run").records()}
+    assert len(after) == 6 and all(r.status == "ok" for r in after.values())
+    kept = [k for k in records if k[0] != "explodes"]
+    assert all(
+        (after[k].cell_id, after[k].final_acc) == (records[k].cell_id, records[k].final_acc)
+        for k in kept
+    )
 
 
 def test_identities_are_pinned_to_their_canonical_form():
