@@ -42,7 +42,9 @@ def test_files_the_docs_point_to_exist():
     assert not missing, f"docs point to files that do not exist: {sorted(missing)}"
 
 
-def test_shipped_matrix_files_resolve_and_their_parameters_are_accepted():
+def test_shipped_matrix_files_resolve_and_their_parameters_are_accepted(tmp_path):
+    import json
+
     from ueb.config import build_config, load_matrix_file
     from ueb.plan import resolve
     from ueb.registry import get_registry
@@ -56,6 +58,16 @@ def test_shipped_matrix_files_resolve_and_their_parameters_are_accepted():
         # Deep Hiding on the paper profile needs SIG's weight folders, given at run time
         dh = {"deephiding", "deephiding-s"} & set(values.get("poisoners", []))
         flags = {"params": {n: {"sig_backend": "offline"} for n in dh}} if values.get("profile") == "paper" else {}
+        # the CLIP poisoners read a local model folder, named at run time (a tiny one here)
+        clip = {"uc", "14a"} & set(values.get("poisoners", []))
+        if clip:
+            from ueb_attacks_clip.tiny_clip import save_tiny_clip
+
+            folder = str(save_tiny_clip(tmp_path / "clip"))
+            names = tmp_path / "index.json"
+            names.write_text(json.dumps({"0": ["n01440764", "tench"]}))
+            given = {"uc": {"clip_path": folder}, "14a": {"clip_path": folder, "concept_names": str(names)}}
+            flags = {"params": {**flags.get("params", {}), **{n: given[n] for n in clip}}}
         plan = resolve(build_config(values, flags), registry, load_data=False)
         assert plan.poisoners and plan.countermeasures and plan.victims, path.name
         assert all(s.params is not None for s in plan.specs.values())
