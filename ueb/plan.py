@@ -471,8 +471,6 @@ def _check_execution(config: RunConfig) -> None:
                 "use --device cpu (or auto)",
             )
     if config.data_root is not None:
-        from pathlib import Path
-
         root = Path(config.data_root).expanduser()
         if not root.exists():
             raise ConfigError(
@@ -485,8 +483,6 @@ def _check_execution(config: RunConfig) -> None:
                 "pass the folder holding the dataset files",
             )
     if config.run_dir is not None:
-        from pathlib import Path
-
         if Path(config.run_dir).exists() and not Path(config.run_dir).is_dir():
             raise ConfigError(
                 f"--run-dir {config.run_dir} is a file", "pass a folder (it is created if missing)"
