@@ -89,6 +89,13 @@ def run(
     seed: Annotated[
         list[int], typer.Option("--seed", "-s", help="Seeds (repeatable; default: the profile's).")
     ] = [],  # noqa: B006
+    poison_seed: Annotated[
+        list[int],
+        typer.Option(
+            "--poison-seed",
+            help="Nested design: every --seed victim trains on the poison of every poison seed given here (repeatable); tables then split the spread into poison and victim variance.",
+        ),
+    ] = [],  # noqa: B006
     profile: Annotated[
         str | None, typer.Option("--profile", help="smoke | quick | paper, or a profile .toml.")
     ] = None,
@@ -213,6 +220,7 @@ def run(
         "victims": tuple(victim) or None,
         "datasets": tuple(dataset) or None,
         "seeds": tuple(seed) or None,
+        "poison_seeds": tuple(poison_seed) or None,
         "profile": profile,
         "data_root": str(data_root) if data_root else None,
         "run_dir": str(run_dir) if run_dir else None,

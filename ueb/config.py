@@ -33,6 +33,10 @@ class RunConfig:
     victims: tuple[str, ...] = ()
     datasets: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()
+    # A nested design: every victim seed above trains on the poison of every poison seed here
+    # (P x V cells per configuration), so a report can split the spread into poison-to-poison
+    # and victim-to-victim variance. Empty: the poison's seed is the cell's seed.
+    poison_seeds: tuple[int, ...] = ()
     profile: str = "quick"
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Parameter grids: {plugin: {param: [values]}}; each value becomes a variant of the plugin

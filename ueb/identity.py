@@ -77,8 +77,13 @@ def cell_configuration(
     )
 
 
-def cell_identity(config_digest: str, seed: int, labels: tuple[str, ...]) -> str:
-    return digest("cell", config_digest, seed, list(labels))
+def cell_identity(
+    config_digest: str, seed: int, labels: tuple[str, ...], poison_seed: int | None = None
+) -> str:
+    """`poison_seed` only in the nested design, where the poison's seed is not the cell's."""
+    if poison_seed is None:
+        return digest("cell", config_digest, seed, list(labels))
+    return digest("cell", config_digest, seed, list(labels), "poison-seed", poison_seed)
 
 
 def training_identity(

@@ -79,11 +79,16 @@ class Cell:
     id: str
     config_digest: str
     poison_key: str
+    poison_seed: int = -1  # -1: the cell's own seed (the coupled design)
+
+    @property
+    def poison_seed_used(self) -> int:
+        return self.seed if self.poison_seed < 0 else self.poison_seed
 
     @property
     def group(self) -> tuple[str, str, int]:
         """Cells of one group share one poison."""
-        return (self.dataset, self.poisoner, self.seed)
+        return (self.dataset, self.poisoner, self.poison_seed_used)
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,7 @@ class Plan:
             "countermeasures": list(self.countermeasures),
             "victims": list(self.victims),
             "seeds": list(self.seeds),
+            "poison_seeds": list(self.config.poison_seeds),
             "poison_fractions": list(self.fractions),
             "training": self.training,
             "numerics": self.numerics.identity(),
@@ -212,6 +218,8 @@ def resolve(config: RunConfig, registry: Registry, *, load_data: bool = True) ->
         if not names:
             raise ConfigError(f"the run selects no {kind}", f"name at least one {kind}")
     seeds = _check_seeds(config.seeds or profile.seeds)
+    if config.poison_seeds:
+        _check_seeds(config.poison_seeds)
 
     builder = _SpecBuilder(config, profile, registry, variants, load_data)
     specs: dict[tuple[str, str], Spec] = {}
@@ -291,11 +299,17 @@ def _available_gib() -> float:
 
 
 def _with_cells(plan: Plan) -> Plan:
+    """Every cell with its id. In the nested design (`poison_seeds`) each victim seed trains on
+    the poison of each poison seed; the clean row has no poison to vary and stays coupled."""
     cells: list[Cell] = []
     training, data = plan.computation, as_dict(plan.profile.data)
+    nested = plan.config.poison_seeds
     for d in plan.datasets:
         for p in plan.poisoners:
-            for s in plan.seeds:
+            pairs = [(s, -1) for s in plan.seeds]
+            if nested and p != "clean":
+                pairs = [(s, q) for q in nested for s in plan.seeds]
+            for s, q in pairs:
                 for f in plan.fractions if p != "clean" else (1.0,):
                     for c in plan.countermeasures:
                         for v in plan.victims:
@@ -308,7 +322,9 @@ def _with_cells(plan: Plan) -> Plan:
                                 training=training,
                                 data=data,
                             )
-                            cell_id = identity.cell_identity(config_digest, s, (d, p, c, v))
+                            cell_id = identity.cell_identity(
+                                config_digest, s, (d, p, c, v), poison_seed=None if q < 0 else q
+                            )
                             cells.append(
                                 Cell(
                                     len(cells),
@@ -320,7 +336,8 @@ def _with_cells(plan: Plan) -> Plan:
                                     f,
                                     cell_id,
                                     config_digest,
-                                    plan.poison_key(d, p, s),
+                                    plan.poison_key(d, p, s if q < 0 else q),
+                                    q,
                                 )
                             )
     return replace(plan, cells=tuple(cells))

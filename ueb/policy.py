@@ -44,6 +44,7 @@ def error_record(plan: Plan, cell: Cell, message: str | None) -> CellRecord:
         countermeasure=cell.countermeasure,
         victim=cell.victim,
         seed=cell.seed,
+        poison_seed=cell.poison_seed_used,
         poison_fraction=cell.fraction,
         profile=plan.profile.name,
         params_hash=cell.id,

@@ -37,7 +37,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from ueb.stats import RESOLUTION_POINTS, difference_half_width, half_width
+from ueb.stats import (
+    RESOLUTION_POINTS,
+    NestedComponents,
+    difference_half_width,
+    half_width,
+    nested_components,
+)
 from ueb.store import CellRecord
 
 Metric = Literal["final", "peak"]
@@ -67,12 +73,18 @@ class Value:
     digests: tuple[str, ...] = ()
     # every seed's number: (seed, value, latched: None where the cell has no shortcut probe)
     per_seed: tuple[tuple[int, float, bool | None], ...] = ()
+    # The nested design (poison seeds x victim seeds): the variance components and the mean's
+    # standard error from the poison means (ueb.stats.nested_components).
+    nested: NestedComponents | None = None
 
     @property
     def ci95(self) -> float | None:
-        """Half-width of the 95% t-interval of the mean (None below two seeds)."""
+        """Half-width of the 95% t-interval of the mean (None below two seeds). In the nested
+        design the poisons are the independent units: t(0.975, P-1) x the SE of the mean."""
         if self.mean is None:
             return None
+        if self.nested is not None:
+            return self.nested.half_width
         return half_width(self.std, self.n)
 
     @property
@@ -94,8 +106,13 @@ class Value:
         return (NEAR if self.near_clean else "") + s + ("*" if self.incomplete else "")
 
     def detail(self) -> str:
-        """Seed count and markers: `n=3 L2/3 err=1`."""
+        """Seed count and markers: `n=3 L2/3 err=1`; nested: `n=3x2 sd poison 4.1 victim 1.2`."""
         parts = [f"n={self.n}"] if self.mean is not None else []
+        if self.nested is not None and self.mean is not None:
+            c = self.nested
+            parts = [
+                f"n={c.poisons}x{c.victims} sd poison {c.poison_sd:.1f} victim {c.victim_sd:.1f}"
+            ]
         if self.probed:
             parts.append(f"{LATCH}{self.latched}/{self.probed}")
         if self.errors and self.mean is not None:
@@ -326,7 +343,15 @@ def _cell(recs: Sequence[CellRecord], key: str) -> Value:
     ok = [r for r in recs if r.status == "ok" and getattr(r, key) is not None]
     probes = [_probe(r) for r in recs if _probe(r)]
     errors = sum(r.status == "error" for r in recs)
-    return summarise(
+    nested = None
+    if any(r.poison_seed is not None and r.poison_seed != r.seed for r in ok):
+        by_poison: dict[int, list[float]] = {}
+        for r in ok:
+            by_poison.setdefault(
+                int(r.poison_seed if r.poison_seed is not None else r.seed), []
+            ).append(float(getattr(r, key)))
+        nested = nested_components(list(by_poison.values()))
+    value = summarise(
         [float(getattr(r, key)) for r in ok],
         failed=errors > 0,
         errors=errors,
@@ -344,6 +369,8 @@ def _cell(recs: Sequence[CellRecord], key: str) -> Value:
             )
         ),
     )
+    value.nested = nested
+    return value
 
 
 def _summaries(
@@ -353,11 +380,13 @@ def _summaries(
 
     Every seed contributes over the same countermeasures: the row's columns when some seeds
     have them all (those seeds are used), else the columns common to every seed."""
-    per_seed: dict[int, dict[str, float]] = {}
+    # one unit per (poison seed, victim seed): in the nested design a victim seed recurs
+    per_seed: dict[tuple[int, int], dict[str, float]] = {}
     for c in columns:
         for r in cells.get(c, []):
             if r.status == "ok" and getattr(r, key) is not None:
-                per_seed.setdefault(r.seed, {})[c] = float(getattr(r, key))
+                unit = (r.seed if r.poison_seed is None else int(r.poison_seed), r.seed)
+                per_seed.setdefault(unit, {})[c] = float(getattr(r, key))
     if not per_seed:
         return Value(None), Value(None), ()
     row_cols = [c for c in columns if any(c in v for v in per_seed.values())]
@@ -373,11 +402,16 @@ def _summaries(
     incomplete = len(used) < len(columns)
     means = [statistics.fmean(per_seed[s][c] for c in used) for s in sorted(seeds)]
     maxes = [max(per_seed[s][c] for c in used) for s in sorted(seeds)]
-    return (
-        summarise(means, incomplete=incomplete),
-        summarise(maxes, incomplete=incomplete),
-        tuple(used),
-    )
+    mean_v = summarise(means, incomplete=incomplete)
+    max_v = summarise(maxes, incomplete=incomplete)
+    if any(q != s for q, s in seeds):  # nested: the poisons are the units of the interval
+        units = sorted(seeds)
+        for value, numbers in ((mean_v, means), (max_v, maxes)):
+            groups: dict[int, list[float]] = {}
+            for (q, _s), x in zip(units, numbers, strict=True):
+                groups.setdefault(q, []).append(x)
+            value.nested = nested_components(list(groups.values()))
+    return mean_v, max_v, tuple(used)
 
 
 def _victim_setting(r: CellRecord) -> str:
@@ -633,6 +667,16 @@ def value_json(v: Value) -> dict[str, Any]:
         "incomplete": v.incomplete,
         "config_digests": list(v.digests),
         "per_seed": [{"seed": a, "value": b, "latched": c} for a, b, c in v.per_seed],
+        "nested": None
+        if v.nested is None
+        else {
+            "poison_seeds": v.nested.poisons,
+            "victim_seeds": v.nested.victims,
+            "poison_variance": v.nested.poison_var,
+            "victim_variance": v.nested.victim_var,
+            "poison_sd": v.nested.poison_sd,
+            "victim_sd": v.nested.victim_sd,
+        },
     }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 # A cell whose 95% half-width is above this many accuracy points is not resolved at the run's
 # budget: the table marks it, and more seeds (or a longer protocol) are needed to read it.
@@ -73,3 +74,50 @@ def values_half_width(a: Sequence[float], b: Sequence[float]) -> float | None:
     _, sa = mean_std(a)
     _, sb = mean_std(b)
     return difference_half_width(sa, len(a), sb, len(b))
+
+
+@dataclass(frozen=True)
+class NestedComponents:
+    """A nested design's spread: P poisons, each trained on by V victims (balanced or not).
+
+    One-way random effects: the victims' variance is the mean within-poison variance (MS_W),
+    the poisons' is (MS_B - MS_W) / V (>= 0), MS_B = V x the variance of the poison means.
+    The poisons are the independent units of the grand mean: its standard error is
+    sqrt(MS_B / (P V)) on P - 1 degrees of freedom."""
+
+    poisons: int
+    victims: int
+    poison_var: float
+    victim_var: float
+    se: float
+
+    @property
+    def poison_sd(self) -> float:
+        return math.sqrt(self.poison_var)
+
+    @property
+    def victim_sd(self) -> float:
+        return math.sqrt(self.victim_var)
+
+    @property
+    def half_width(self) -> float | None:
+        return t975(self.poisons - 1) * self.se if self.poisons > 1 else None
+
+
+def nested_components(groups: Sequence[Sequence[float]]) -> NestedComponents | None:
+    """Variance components of values grouped by poison (None below two poisons)."""
+    groups = [list(g) for g in groups if g]
+    if len(groups) < 2:
+        return None
+    v = statistics.fmean(len(g) for g in groups)
+    means = [statistics.fmean(g) for g in groups]
+    ms_b = v * statistics.variance(means)
+    within = [statistics.variance(g) for g in groups if len(g) > 1]
+    ms_w = statistics.fmean(within) if within else 0.0
+    return NestedComponents(
+        poisons=len(groups),
+        victims=round(v),
+        poison_var=max(0.0, (ms_b - ms_w) / v),
+        victim_var=ms_w,
+        se=math.sqrt(ms_b / (len(groups) * v)),
+    )

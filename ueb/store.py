@@ -47,6 +47,7 @@ class CellRecord:
     victim: str
     seed: int
     poison_fraction: float = 1.0
+    poison_seed: int | None = None  # the seed that made the poison (None: records before it)
     profile: str = ""
     poisoner_version: str = ""
     countermeasure_version: str = ""
@@ -90,7 +91,7 @@ _JSON_FIELDS = {
 def _column_type(name: str) -> str:
     if name in _JSON_FIELDS:
         return "TEXT"
-    if name in ("ordinal", "seed", "peak_step", "iterations"):
+    if name in ("ordinal", "seed", "poison_seed", "peak_step", "iterations"):
         return "INTEGER"
     if name.endswith(("_acc", "_seconds", "_fraction")):
         return "REAL"

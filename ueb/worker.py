@@ -279,18 +279,18 @@ class CellWorker:
     # -- cells -----------------------------------------------------------------------------
 
     def run_cell(self, cell: Cell) -> CellRecord:
-        poisoned = self.poisoned(cell.dataset, cell.poisoner, cell.seed)
+        poisoned = self.poisoned(*cell.group)
         splits = self.dataset(cell.dataset)
         cm_spec = self.plan.spec("countermeasure", cell.countermeasure)
         cm: Countermeasure = self.create(cm_spec)
         victim: Victim = self.create(self.plan.spec("victim", cell.victim))
         ctx = self.context(cell.seed, cm_spec, cell.dataset)
-        memo_key = (cell.group, cell.fraction, cell.countermeasure)
+        memo_key = (cell.group, cell.seed, cell.fraction, cell.countermeasure)
         if (
             self._data_stage_memo is None or self._data_stage_memo[0] != memo_key
         ):  # shared by all victims
             seed_everything(cell.seed)
-            mixed = mix_poison(splits.train, poisoned.images, cell.fraction, cell.seed)
+            mixed = mix_poison(splits.train, poisoned.images, cell.fraction, cell.poison_seed_used)
             self._data_stage_memo = (
                 memo_key,
                 (
