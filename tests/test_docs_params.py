@@ -375,9 +375,9 @@ DOC = """# Deep Hiding (`deephiding`, `deephiding-s`)
 | parameter | meaning | paper | quick | smoke |
 | --- | --- | --- | --- | --- |
 | `mode` | which | class (`deephiding`) / sample (`deephiding-s`) | | |
-| `blocks` | N | 16 | 2 | 1 |
+| `blocks` | N | 16 | 2 | 2 |
 | `beta1`, `beta2` | betas | 0.5, 0.999 | | |
-| `lr` | rate | 3.16e-5 | 1e-3 | 1e-3 |
+| `lr` | rate | 3.16e-5 | 1e-3 | 3e-3 |
 | `eps` | radius | 8/255 | | |
 """
 
@@ -392,14 +392,14 @@ def test_the_checker_accepts_true_tables_and_reads_every_form():
     ("old", "new", "problem"),
     [
         (
-            "| 16 | 2 | 1 |",
             "| 16 | 2 | 2 |",
-            "blocks at smoke scale: the docs say 2, the code has 1",
-        ),
-        ("| 16 | 2 | 1 |", "| 12 | 2 | 1 |", "blocks at paper scale: the docs say 12"),
-        (
             "| 16 | 2 | 1 |",
-            "| 16 | | 1 |",
+            "blocks at smoke scale: the docs say 1, the code has 2",
+        ),
+        ("| 16 | 2 | 2 |", "| 12 | 2 | 2 |", "blocks at paper scale: the docs say 12"),
+        (
+            "| 16 | 2 | 2 |",
+            "| 16 | | 2 |",
             "blank under 'quick' (= paper value 16), the code has 2",
         ),
         (
