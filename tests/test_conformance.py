@@ -28,6 +28,7 @@ from ueb.interfaces import (
     Victim,
 )
 from ueb.nn import Classifier
+from ueb.params import bounded
 from ueb.profile import load_profile
 from ueb.registry import get_registry
 from ueb.testing import (
@@ -144,7 +145,7 @@ class AddNoise(Poisoner):
 
     @dataclass(frozen=True)
     class Params:
-        eps: float = 8 / 255
+        eps: float = bounded(8 / 255, gt=0, le=1)
 
     def budget(self):
         return Budget("linf", self.params.eps)
@@ -176,6 +177,7 @@ class ClassPatch(Poisoner):
     """A 2x2 patch of one grey level per class (the difference to each image varies): passes."""
 
     version = "1"
+    deterministic = True  # one fixed grey level per class, no randomness
 
     def budget(self):
         return Budget("l0", 4)
@@ -190,6 +192,17 @@ class ClassPatch(Poisoner):
             :, None, None, None
         ]
         return x
+
+
+def test_a_seeded_poisoner_whose_seed_changes_nothing_is_caught(tmp_path):
+    class IgnoresSeed(AddNoise):
+        def poison(self, train, ctx):
+            gen = torch.Generator().manual_seed(123)  # a fixed seed, not ctx.seed
+            noise = (torch.rand(train.images.shape, generator=gen) * 2 - 1) * self.params.eps
+            return (train.float01() + noise).clamp(0, 1)
+
+    with pytest.raises(AssertionError, match="byte-identical poisons for seeds 0 and 1"):
+        check_poisoner(IgnoresSeed, workdir=tmp_path)
 
 
 def test_well_behaved_poisoners_pass_including_clipped_class_noise_and_patches(tmp_path):
@@ -219,7 +232,7 @@ class _Unfrozen(AddNoise):
 class _WrongAnnotation(AddNoise):
     @dataclass(frozen=True)
     class Params:
-        eps: int = 8 / 255  # type: ignore[assignment]
+        eps: int = bounded(8 / 255, ge=0)  # type: ignore[assignment]
 
 
 class _BadPreset(AddNoise):
@@ -474,7 +487,7 @@ class Small(Victim):
 
     @dataclass(frozen=True)
     class Params:
-        width: int = 8
+        width: int = bounded(8, ge=1)
 
     def build(self, num_classes, image_size, in_channels=3):
         return tiny_classifier(num_classes, in_channels, self.params.width)
