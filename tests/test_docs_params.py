@@ -40,6 +40,12 @@ DOCS = [
     "docs/countermeasures.md",
     "docs/countermeasures-modern.md",
     "docs/victims.md",
+    "docs/datasets.md",
+    "docs/poisoners-apbench.md",
+    "docs/poisoners-modern.md",
+    "docs/poisoners-clip.md",
+    "docs/countermeasures-defences.md",
+    "docs/detectors.md",
 ]
 # Docs whose tables describe another plugin's parameters without naming it in a heading.
 DOC_PLUGINS = {"docs/sig.md": ["deephiding", "deephiding-s"]}  # the poisoner's sig_* settings
