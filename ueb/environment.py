@@ -35,11 +35,14 @@ def git_commit() -> str:
     return "unknown"
 
 
-def device_name(device: str) -> str:
-    return machine_record(device)
+def device_name(device: str, threads: int | None = None) -> str:
+    return machine_record(device, threads)
 
 
-def environment_manifest(registry: Registry, device: str) -> dict[str, Any]:
+def environment_manifest(
+    registry: Registry, device: str, threads: int | None = None
+) -> dict[str, Any]:
+    """`threads`: the intra-op threads the run's cells use (the plan's numerics)."""
     import torch
 
     return {
@@ -49,7 +52,7 @@ def environment_manifest(registry: Registry, device: str) -> dict[str, Any]:
         "torch": torch.__version__,
         "platform": platform.platform(),
         "device": device,
-        "device_name": device_name(device),
+        "device_name": device_name(device, threads),
         "cpu": cpu_model(),
         "plugins": {
             name: {

@@ -146,11 +146,12 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_record(device: str) -> str:
-    """What a record says about where it was computed: the processor and the real threads."""
+def machine_record(device: str, threads: int | None = None) -> str:
+    """What a record says about where it was computed: the processor and the threads its
+    cells use (this process's own unless given)."""
     import torch
 
     if device.startswith("cuda") and torch.cuda.is_available():
         return str(torch.cuda.get_device_name(torch.device(device)))
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads() if threads is None else threads
     return f"cpu ({cpu_model()}, {threads} thread{'s' if threads != 1 else ''})"

@@ -121,7 +121,7 @@ class MatrixRunner:
         self.device = str(resolve_device(plan.config.device))
         self.lock = RunLock(self.run_dir)
         self.store = Store(self.run_dir)
-        self.environment = environment_manifest(registry, self.device)
+        self.environment = environment_manifest(registry, self.device, plan.numerics.threads)
         env = {k: str(self.environment.get(k, "")) for k in ("git", "torch", "device_name")}
         self.job = Job(plan, str(self.run_dir), str(cache_root_of(plan)), self.device, env)
         self.counts = {"ok": 0, "failed": 0}
