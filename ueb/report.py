@@ -51,6 +51,7 @@ Metric = Literal["final", "peak"]
 NEAR = "≈"
 LATCH = "L"
 UNRESOLVED = "?"
+CAVEAT = "†"
 SUMMARIES = ("Mean", "Max")
 
 
@@ -154,6 +155,9 @@ class Row:
     variant: str = ""  # configuration tag when one table position holds several configurations
     summary_columns: tuple[str, ...] = ()  # the columns Mean and Max are over
     victim_setting: str = field(default="", repr=False)  # the victim side's settings, for ≈
+    # What a poisoner said about its poison that a reader must not miss (its `caveat` fact,
+    # e.g. semantic images that did not come from the paper's generator); the label carries †.
+    caveats: tuple[str, ...] = ()
 
     def value(self, column: str) -> Value:
         if column == "Mean":
@@ -165,6 +169,11 @@ class Row:
     @property
     def is_clean(self) -> bool:
         return (self.name or self.poisoner) == "clean"
+
+
+def title(row: Row) -> str:
+    """The row's label as printed: with † when its poisoner left a caveat (see the notes)."""
+    return f"{row.poisoner} {CAVEAT}" if row.caveats else row.poisoner
 
 
 @dataclass
@@ -482,6 +491,16 @@ def build_table(
                     cells = {c: _cell(slot.cells.get(c, []), key) for c in columns}
                     mean, mx, used = _summaries(slot.cells, columns, key)
                     setting = {_victim_setting(r) for rs in slot.cells.values() for r in rs}
+                    caveats = tuple(
+                        sorted(
+                            {
+                                str((r.poison_facts or {}).get("caveat"))
+                                for rs in slot.cells.values()
+                                for r in rs
+                                if (r.poison_facts or {}).get("caveat")
+                            }
+                        )
+                    )
                     rows.append(
                         Row(
                             d,
@@ -494,6 +513,7 @@ def build_table(
                             slot.variant,
                             used,
                             "|".join(sorted(setting)),
+                            caveats,
                         )
                     )
     near = _mark_near_clean(rows, columns)
@@ -528,6 +548,9 @@ def _notes(table: ReportTable, near: bool) -> list[str]:
         )
     if any(v.probed for v in values):
         notes.append(f"{LATCH} k/m = the shortcut probe latched in k of the m probed seeds")
+    for row in table.rows:
+        for caveat in row.caveats:
+            notes.append(f"{CAVEAT} {row.poisoner}: {caveat}")
     if any(v.errors for v in values):
         notes.append(
             "err = every seed failed; err=k: k seeds failed (not in the mean); - = not run"
@@ -573,7 +596,7 @@ def _cells(row: Row, table: ReportTable) -> list[str]:
     return [
         row.dataset,
         row.victim,
-        row.poisoner,
+        title(row),
         *(row.value(c).text() for c in table.value_columns),
     ]
 
@@ -618,7 +641,7 @@ def to_csv(table: ReportTable) -> str:
         for c in table.value_columns:
             v = r.value(c)
             w.writerow(
-                [r.dataset, r.victim, r.poisoner, r.variant, c, int(c in SUMMARIES), num(v.mean), num(v.std if v.n > 1 else None), v.n,
+                [r.dataset, r.victim, title(r), r.variant, c, int(c in SUMMARIES), num(v.mean), num(v.std if v.n > 1 else None), v.n,
                  num(v.ci95), v.latched if v.probed else "", v.probed or "", int(v.near_clean), v.errors, int(v.incomplete)]
             )  # fmt: skip
     return buf.getvalue()
@@ -698,6 +721,7 @@ def to_json(table: ReportTable) -> str:
                     "mean": value_json(r.mean),
                     "max": value_json(r.max),
                     "summary_columns": list(r.summary_columns),
+                    "caveats": list(r.caveats),
                 }
                 for r in table.rows
             ],
@@ -743,7 +767,7 @@ def _table_one(table: ReportTable) -> _Grid:
         h for h, keep in (("Dataset", many_d), (table.row_axis, many_v), ("Poisoner", True)) if keep
     ]
     labels = [
-        [x for x, keep in ((r.dataset, many_d), (r.victim, many_v), (r.poisoner, True)) if keep]
+        [x for x, keep in ((r.dataset, many_d), (r.victim, many_v), (title(r), True)) if keep]
         for r in table.rows
     ]
     cols = table.value_columns
@@ -760,7 +784,7 @@ def _transposed(table: ReportTable) -> _Grid:
     many_d, many_v, _ = _common(table)
     heads = [
         "\n".join(
-            x for x, keep in ((r.dataset, many_d), (r.victim, many_v), (r.poisoner, True)) if keep
+            x for x, keep in ((r.dataset, many_d), (r.victim, many_v), (title(r), True)) if keep
         )
         for r in table.rows
     ]

@@ -13,7 +13,7 @@ from typing import Any
 
 from ueb.analysis.figures import FigureOut, FigureSet
 from ueb.analysis.rundata import RunData
-from ueb.report import SUMMARIES, ReportTable, Value
+from ueb.report import SUMMARIES, ReportTable, Value, title
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1500px;
@@ -94,7 +94,7 @@ def table_html(table: ReportTable) -> str:
         cells = [
             f"<td>{_e(r.dataset)}</td>",
             f"<td>{_e(r.victim)}</td>",
-            f"<td>{_e(r.poisoner)}</td>",
+            f"<td>{_e(title(r))}</td>",
         ]
         for col in table.value_columns:
             cls = " ".join(
