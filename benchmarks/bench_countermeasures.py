@@ -40,7 +40,9 @@ def _record(benchmark, n: int) -> None:
 @pytest.mark.parametrize("encoder", ["opencv", "simplejpeg"])
 @pytest.mark.parametrize("quality", [10, 50])
 def test_jpeg_whole_set_pooled(benchmark, images, encoder, quality):
-    out = benchmark.pedantic(ops.jpeg, args=(images, quality, "420", encoder), rounds=3, iterations=1)
+    out = benchmark.pedantic(
+        ops.jpeg, args=(images, quality, "420", encoder), rounds=3, iterations=1
+    )
     assert out.shape == images.shape and out.dtype == torch.uint8
     _record(benchmark, N)
 

@@ -21,8 +21,16 @@ def test_smoke_matrix_all_poisoners_all_countermeasures(benchmark, tmp_path):
 
     def run():
         d = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
-        cfg = RunConfig(poisoners=("all",), countermeasures=("all",), profile="smoke", cache_dir=str(d / "cache"), save_models="none")
-        return MatrixRunner(resolve(cfg, registry), registry, d / "run", silent(), log=lambda m: None).execute()
+        cfg = RunConfig(
+            poisoners=("all",),
+            countermeasures=("all",),
+            profile="smoke",
+            cache_dir=str(d / "cache"),
+            save_models="none",
+        )
+        return MatrixRunner(
+            resolve(cfg, registry), registry, d / "run", silent(), log=lambda m: None
+        ).execute()
 
     summary = benchmark.pedantic(run, rounds=1, iterations=1)
     assert summary.failed == 0

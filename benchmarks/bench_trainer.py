@@ -35,10 +35,18 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 @pytest.fixture(scope="module")
 def setup():
     gen = torch.Generator().manual_seed(0)
-    train = ImageSet(torch.randint(0, 256, (4096, 3, 32, 32), dtype=torch.uint8, generator=gen), torch.randint(0, 10, (4096,), generator=gen), tuple("abcdefghij"))
+    train = ImageSet(
+        torch.randint(0, 256, (4096, 3, 32, 32), dtype=torch.uint8, generator=gen),
+        torch.randint(0, 10, (4096,), generator=gen),
+        tuple("abcdefghij"),
+    )
     test = ImageSet(train.images[:1000].clone(), train.labels[:1000].clone(), train.classes)
     cfg = dataclasses.replace(
-        load_profile("quick").training, iterations=ITERATIONS, batch_size=BATCH, eval_every=0, milestones=(ITERATIONS // 2,)
+        load_profile("quick").training,
+        iterations=ITERATIONS,
+        batch_size=BATCH,
+        eval_every=0,
+        milestones=(ITERATIONS // 2,),
     )
     torch.manual_seed(0)
     model = get_registry().create("victim", "fastnet").build(10, 32)
@@ -73,7 +81,9 @@ def run_bare(cfg, state, train, test, augment: bool = True) -> float:
     images, labels = train.images.to(DEVICE), train.labels.to(DEVICE)
     gen = torch.Generator().manual_seed(0)
     dev_gen = torch.Generator(device=DEVICE).manual_seed(1)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), cfg.gamma)
     model.train()
     perm, pos = torch.randperm(len(train), generator=gen), 0
@@ -93,7 +103,10 @@ def run_bare(cfg, state, train, test, augment: bool = True) -> float:
     model.eval()
     with torch.no_grad():
         test_x, test_y = test.images.to(DEVICE), test.labels.to(DEVICE)
-        correct = sum(int((model(test_x[i : i + 1000].float() / 255).argmax(1) == test_y[i : i + 1000]).sum()) for i in range(0, len(test), 1000))
+        correct = sum(
+            int((model(test_x[i : i + 1000].float() / 255).argmax(1) == test_y[i : i + 1000]).sum())
+            for i in range(0, len(test), 1000)
+        )
     _sync()
     assert 0 <= correct <= len(test)
     return time.perf_counter() - start
@@ -119,7 +132,9 @@ def test_bare_loop(benchmark, setup):
 
 @pytest.mark.benchmark(group="trainer-vs-bare")
 def test_bare_loop_without_augmentation(benchmark, setup):
-    benchmark.pedantic(run_bare, args=setup, kwargs={"augment": False}, rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(
+        run_bare, args=setup, kwargs={"augment": False}, rounds=3, iterations=1, warmup_rounds=1
+    )
     _images_per_s(benchmark)
 
 

@@ -42,7 +42,9 @@ def smoke_run(tmp_path_factory):
         cache_dir=str(root / "cache"),
         save_models="all",
     )
-    summary = MatrixRunner(resolve(cfg, registry), registry, root / "run", silent(), log=lambda m: None).execute()
+    summary = MatrixRunner(
+        resolve(cfg, registry), registry, root / "run", silent(), log=lambda m: None
+    ).execute()
     assert summary.ok == 4
     yield root / "run"
     set_host(None)
@@ -62,13 +64,17 @@ def _decode(data: bytes) -> Image.Image:
 
 def test_importing_the_cli_with_analysis_commands_loads_neither_torch_nor_matplotlib():
     code = "import sys, ueb.cli, ueb.analysis.commands; print(sorted(m for m in ('torch', 'matplotlib', 'sklearn') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
 
 def test_plot_writes_every_figure_as_a_decodable_png(smoke_run, tmp_path):
-    result = _cli("plot", str(smoke_run), "--out", str(tmp_path), "--samples", "4", "--tsne-per-class", "8")
+    result = _cli(
+        "plot", str(smoke_run), "--out", str(tmp_path), "--samples", "4", "--tsne-per-class", "8"
+    )
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in tmp_path.glob("*.png"))
     assert names == [
@@ -85,8 +91,16 @@ def test_plot_writes_every_figure_as_a_decodable_png(smoke_run, tmp_path):
 
 
 def test_plot_only_selects_figures_and_rejects_unknown_kinds(smoke_run, tmp_path):
-    assert _cli("plot", str(smoke_run), "--out", str(tmp_path), "--only", "heatmap,perturbations").exit_code == 0
-    assert sorted(p.name.split("_")[0] for p in tmp_path.glob("*.png")) == ["heatmap", "perturbations"]
+    assert (
+        _cli(
+            "plot", str(smoke_run), "--out", str(tmp_path), "--only", "heatmap,perturbations"
+        ).exit_code
+        == 0
+    )
+    assert sorted(p.name.split("_")[0] for p in tmp_path.glob("*.png")) == [
+        "heatmap",
+        "perturbations",
+    ]
     from ueb.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown figure 'tsnee'"):
@@ -116,20 +130,49 @@ def test_plot_skips_figures_whose_inputs_are_missing(tmp_path):
     run_dir = tmp_path / "run"
     store = Store(run_dir)
     store.set_manifest(
-        config={"profile": "smoke", "datasets": ["fashion-mnist"], "poisoners": ["clean", "em"], "countermeasures": ["vanilla", "cutout"], "victims": ["fastnet"], "data": {"train_per_class": 5}},
+        config={
+            "profile": "smoke",
+            "datasets": ["fashion-mnist"],
+            "poisoners": ["clean", "em"],
+            "countermeasures": ["vanilla", "cutout"],
+            "victims": ["fastnet"],
+            "data": {"train_per_class": 5},
+        },
         cache_root=str(tmp_path / "gone"),
     )
-    for i, (p, c, acc) in enumerate([("clean", "vanilla", 90.0), ("clean", "cutout", 88.0), ("em", "vanilla", 12.0), ("em", "cutout", None)]):
+    for i, (p, c, acc) in enumerate(
+        [
+            ("clean", "vanilla", 90.0),
+            ("clean", "cutout", 88.0),
+            ("em", "vanilla", 12.0),
+            ("em", "cutout", None),
+        ]
+    ):
         store.put(
             CellRecord(
-                f"cell{i}", i, "fashion-mnist", p, c, "fastnet", 0, status="ok" if acc else "error", final_acc=acc, peak_acc=acc, poison_facts={"key": f"k{p}"}, error=None if acc else "boom"
+                f"cell{i}",
+                i,
+                "fashion-mnist",
+                p,
+                c,
+                "fastnet",
+                0,
+                status="ok" if acc else "error",
+                final_acc=acc,
+                peak_acc=acc,
+                poison_facts={"key": f"k{p}"},
+                error=None if acc else "boom",
             )
         )
     store.close()
     result = _cli("plot", str(run_dir), "--out", str(tmp_path / "png"))
     assert result.exit_code == 0, result.output
-    assert [p.name for p in (tmp_path / "png").glob("*.png")] == ["heatmap_fashion-mnist_fastnet.png"]
-    assert "em: images skipped: poison of em on fashion-mnist is not in the cache" in " ".join(result.output.split())
+    assert [p.name for p in (tmp_path / "png").glob("*.png")] == [
+        "heatmap_fashion-mnist_fastnet.png"
+    ]
+    assert "em: images skipped: poison of em on fashion-mnist is not in the cache" in " ".join(
+        result.output.split()
+    )
 
 
 def _two_blob_model():
@@ -145,7 +188,7 @@ def _two_blob_model():
     with torch.no_grad():
         model.head.weight.zero_()
         model.head.bias.zero_()
-        model.head.weight[0, : 64] = 1.0
+        model.head.weight[0, :64] = 1.0
         model.head.weight[1, 64:] = 1.0
     return model, conv
 
@@ -158,7 +201,10 @@ def test_grad_cam_follows_the_channels_the_explained_class_uses():
     x = torch.zeros(1, 2, 8, 8)
     x[0, 0, :3, :3] = 1.0  # channel 0: a blob top-left
     x[0, 1, 5:, 5:] = 1.0  # channel 1: a blob bottom-right
-    for target, (hot, cold) in {0: ((slice(0, 3), slice(0, 3)), (slice(5, 8), slice(5, 8))), 1: ((slice(5, 8), slice(5, 8)), (slice(0, 3), slice(0, 3)))}.items():
+    for target, (hot, cold) in {
+        0: ((slice(0, 3), slice(0, 3)), (slice(5, 8), slice(5, 8))),
+        1: ((slice(5, 8), slice(5, 8)), (slice(0, 3), slice(0, 3))),
+    }.items():
         cam = grad_cam(model, x, torch.tensor([target]))[0]
         assert cam.shape == (8, 8) and cam.min() >= 0 and cam.max() == pytest.approx(1.0)
         assert cam[hot].mean() > 0.9 and cam[cold].max() < 0.05
@@ -168,7 +214,16 @@ def test_grad_cam_follows_the_channels_the_explained_class_uses():
 
 def test_html_report_is_self_contained(smoke_run, tmp_path):
     target = tmp_path / "report.html"
-    result = _cli("html", str(smoke_run), "--out", str(target), "--samples", "4", "--only", "heatmap,perturbations,gradcam")
+    result = _cli(
+        "html",
+        str(smoke_run),
+        "--out",
+        str(target),
+        "--samples",
+        "4",
+        "--only",
+        "heatmap,perturbations,gradcam",
+    )
     assert result.exit_code == 0, result.output
     page = target.read_text()
     assert '<table class="results">' in page and "random-noise" in page and "identity" in page
@@ -185,9 +240,23 @@ def test_html_report_is_self_contained(smoke_run, tmp_path):
     reason="headless Chromium is not installed (Debian package `chromium`; CI installs it)",
 )
 def test_html_report_renders_in_headless_chromium(smoke_run, tmp_path):
-    assert CHROMIUM, "CI is set but headless Chromium is not installed: .ci/run installs the Debian package `chromium`"
+    assert CHROMIUM, (
+        "CI is set but headless Chromium is not installed: .ci/run installs the Debian package `chromium`"
+    )
     target = tmp_path / "report.html"
-    assert _cli("html", str(smoke_run), "--out", str(target), "--only", "heatmap,perturbations", "--samples", "4").exit_code == 0
+    assert (
+        _cli(
+            "html",
+            str(smoke_run),
+            "--out",
+            str(target),
+            "--only",
+            "heatmap,perturbations",
+            "--samples",
+            "4",
+        ).exit_code
+        == 0
+    )
     # A probe copy records, once the page has loaded, the decoded width of every image.
     probe = tmp_path / "probe.html"
     probe.write_text(
@@ -201,7 +270,12 @@ def test_html_report_renders_in_headless_chromium(smoke_run, tmp_path):
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
     ]  # fmt: skip
-    dom = subprocess.run([CHROMIUM, *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert '<table class="results">' in dom.stdout and "<td>random-noise</td>" in dom.stdout
     decoded = re.search(r'data-decoded="([^"]*)"', dom.stdout)
@@ -209,7 +283,11 @@ def test_html_report_renders_in_headless_chromium(smoke_run, tmp_path):
     widths = [int(w) for w in decoded.group(1).split(",")]
     assert len(widths) == 2 and all(w > 100 for w in widths)
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,900", target.as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,900", target.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     pixels = np.asarray(_decode(shot.read_bytes()).convert("L"))
     assert pixels.std() > 5  # something was painted
 
@@ -250,8 +328,14 @@ def test_seed_figure_draws_every_seed_and_marks_latched_ones(tmp_path):
 
     store = Store(tmp_path)
     n = 0
-    for seed, (clean, dh, latched) in enumerate([(86.0, 30.0, True), (85.0, 80.0, False), (87.0, 35.0, True)]):
-        store.put(CellRecord(f"c{seed}", n, "d", "clean", "vanilla", "v", seed, status="ok", final_acc=clean))
+    for seed, (clean, dh, latched) in enumerate(
+        [(86.0, 30.0, True), (85.0, 80.0, False), (87.0, 35.0, True)]
+    ):
+        store.put(
+            CellRecord(
+                f"c{seed}", n, "d", "clean", "vanilla", "v", seed, status="ok", final_acc=clean
+            )
+        )
         store.put(CellRecord(f"p{seed}", n + 1, "d", "dh", "vanilla", "v", seed, status="ok", final_acc=dh,
                              probe={"latched": latched, "target_rate": 0.9 if latched else 0.1}))  # fmt: skip
         n += 2
@@ -260,7 +344,9 @@ def test_seed_figure_draws_every_seed_and_marks_latched_ones(tmp_path):
     dh = next(r for r in build_table(run.records, "final").rows if r.poisoner == "dh")
     assert dh.cells["vanilla"].per_seed == ((0, 30.0, True), (1, 80.0, False), (2, 35.0, True))
     exported = json.loads(to_json(build_table(run.records, "final")))
-    seeds = next(r for r in exported["rows"] if r["poisoner"] == "dh")["cells"]["vanilla"]["per_seed"]
+    seeds = next(r for r in exported["rows"] if r["poisoner"] == "dh")["cells"]["vanilla"][
+        "per_seed"
+    ]
     assert [s["latched"] for s in seeds] == [True, False, True]
     figs = seed_figures(run)
     assert [f.name for f in figs] == ["seeds_d_v"] and _decode(figs[0].png).width > 100
@@ -294,7 +380,9 @@ def test_models_restore_to_the_saved_weights(smoke_run):
     from ueb.analysis.rundata import RunData
 
     run = RunData.open(smoke_run)
-    rec = next(r for r in run.ok() if r.poisoner == "random-noise" and r.countermeasure == "identity")
+    rec = next(
+        r for r in run.ok() if r.poisoner == "random-noise" and r.countermeasure == "identity"
+    )
     clean = run.clean_train(rec.dataset)
     model = run.load_model(rec, clean)
     saved = torch.load(run.model_path(rec), weights_only=True)["state_dict"]

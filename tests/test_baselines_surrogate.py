@@ -31,8 +31,12 @@ class TinyNet(Victim):
     def build(self, num_classes: int, image_size: int, in_channels: int = 3) -> nn.Module:
         w = self.params.width
         body = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(),
+            nn.Conv2d(in_channels, w, 3, padding=1),
+            nn.BatchNorm2d(w),
+            nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
+            nn.BatchNorm2d(2 * w),
+            nn.ReLU(),
             nn.AdaptiveAvgPool2d(1),
         )
         return Classifier(body, 2 * w, num_classes)
@@ -41,13 +45,21 @@ class TinyNet(Victim):
 @pytest.fixture(scope="module")
 def registry() -> Registry:
     reg = Registry()
-    reg.entries["victim"]["tiny"] = Entry("victim", "tiny", TinyNet, "test surrogate", "tests", "tests")
+    reg.entries["victim"]["tiny"] = Entry(
+        "victim", "tiny", TinyNet, "test surrogate", "tests", "tests"
+    )
     return reg
 
 
 def make_ctx(registry: Registry, root, seed: int = 0) -> RunContext:
-    return RunContext(seed=seed, device="cpu", training=load_profile("smoke").training, artifacts=ArtifactStore(root),
-                      progress=silent(), provider=registry_provider(registry))
+    return RunContext(
+        seed=seed,
+        device="cpu",
+        training=load_profile("smoke").training,
+        artifacts=ArtifactStore(root),
+        progress=silent(),
+        provider=registry_provider(registry),
+    )
 
 
 @pytest.fixture
@@ -62,11 +74,37 @@ def data():
 
 TINY = {
     "em": {"surrogate": "tiny", "max_rounds": 3, "steps": 4, "batch_size": 16, "train_steps": 2},
-    "em-class": {"surrogate": "tiny", "max_rounds": 3, "batch_size": 16, "train_steps": 2, "class_subset": 0.5},
-    "rem": {"surrogate": "tiny", "train_steps": 2, "batch_size": 24, "samples": 2, "steps": 2, "atk_steps": 1},
-    "tap": {"surrogate": "tiny", "steps": 4, "restarts": 2, "clean_iterations": 30, "clean_batch_size": 16, "tau": 0.5},
-    "entf": {"surrogate": "tiny", "steps": 4, "reference_iterations": 10, "reference_batch_size": 16, "robust_steps": 2,
-             "tau": 0.5},
+    "em-class": {
+        "surrogate": "tiny",
+        "max_rounds": 3,
+        "batch_size": 16,
+        "train_steps": 2,
+        "class_subset": 0.5,
+    },
+    "rem": {
+        "surrogate": "tiny",
+        "train_steps": 2,
+        "batch_size": 24,
+        "samples": 2,
+        "steps": 2,
+        "atk_steps": 1,
+    },
+    "tap": {
+        "surrogate": "tiny",
+        "steps": 4,
+        "restarts": 2,
+        "clean_iterations": 30,
+        "clean_batch_size": 16,
+        "tau": 0.5,
+    },
+    "entf": {
+        "surrogate": "tiny",
+        "steps": 4,
+        "reference_iterations": 10,
+        "reference_batch_size": 16,
+        "robust_steps": 2,
+        "tau": 0.5,
+    },
 }
 
 
@@ -86,9 +124,15 @@ def test_budget_range_and_declarations(name, registry, ctx, data):
 
 @pytest.mark.parametrize("name", ["em", "em-class", "rem", "tap"])
 def test_deterministic_under_a_seed(name, registry, tmp_path, data):
-    a = registry.create("poisoner", name, TINY[name]).poison(data, make_ctx(registry, tmp_path / "a"))
-    b = registry.create("poisoner", name, TINY[name]).poison(data, make_ctx(registry, tmp_path / "b"))
-    c = registry.create("poisoner", name, TINY[name]).poison(data, make_ctx(registry, tmp_path / "c", seed=1))
+    a = registry.create("poisoner", name, TINY[name]).poison(
+        data, make_ctx(registry, tmp_path / "a")
+    )
+    b = registry.create("poisoner", name, TINY[name]).poison(
+        data, make_ctx(registry, tmp_path / "b")
+    )
+    c = registry.create("poisoner", name, TINY[name]).poison(
+        data, make_ctx(registry, tmp_path / "c", seed=1)
+    )
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -126,13 +170,20 @@ def test_em_noise_update_is_indexed_by_sample(registry, ctx, data):
 
 
 def test_em_classwise_noise_is_constant_within_a_class(registry, ctx, data):
-    delta = registry.create("poisoner", "em-class", TINY["em-class"]).poison(data, ctx) - data.float01()
+    delta = (
+        registry.create("poisoner", "em-class", TINY["em-class"]).poison(data, ctx) - data.float01()
+    )
     x = data.float01()
     for c in range(data.num_classes):
         idx = data.labels == c
         members, images = delta[idx], x[idx]
         # away from the [0, 1] clipping, every image of the class carries the same noise
-        inside = ((images[:1] + members[:1]) > 0) & ((images[:1] + members[:1]) < 1) & (images > 0.05) & (images < 0.95)
+        inside = (
+            ((images[:1] + members[:1]) > 0)
+            & ((images[:1] + members[:1]) < 1)
+            & (images > 0.05)
+            & (images < 0.95)
+        )
         assert torch.allclose(members[inside], members[:1].expand_as(members)[inside], atol=1e-6)
     assert not torch.allclose(delta[data.labels == 0][0], delta[data.labels == 1][0])
 
@@ -157,7 +208,14 @@ def random_sign_noise(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def test_em_noise_makes_training_easier(registry, ctx, data):
-    params = {**TINY["em"], "max_rounds": 5, "steps": 8, "train_steps": 3, "batch_size": 24, "stop_error": 0.0}
+    params = {
+        **TINY["em"],
+        "max_rounds": 5,
+        "steps": 8,
+        "train_steps": 3,
+        "batch_size": 24,
+        "stop_error": 0.0,
+    }
     poisoned = registry.create("poisoner", "em", params).poison(data, ctx)
     assert _train_loss(poisoned, data.labels) < 0.8 * _train_loss(data.float01(), data.labels)
 
@@ -174,11 +232,15 @@ def test_tap_moves_surrogate_predictions_to_the_targets(registry, ctx, data):
     before = (clean_logits.argmax(1) == target).float().mean()
     after = (poison_logits.argmax(1) == target).float().mean()
     assert float(after) > float(before)
-    assert float(F.cross_entropy(poison_logits, target)) < float(F.cross_entropy(clean_logits, target))
+    assert float(F.cross_entropy(poison_logits, target)) < float(
+        F.cross_entropy(clean_logits, target)
+    )
 
 
 def test_tap_apbench_preset_is_untargeted(registry, ctx, data):
-    tap = registry.create("poisoner", "tap", {**TINY["tap"], "preset": "apbench", "steps": 10, "tau": 0.2})
+    tap = registry.create(
+        "poisoner", "tap", {**TINY["tap"], "preset": "apbench", "steps": 10, "tau": 0.2}
+    )
     poisoned = tap.poison(data, ctx)
     model = tap.clean_surrogate(data, ctx)
     with torch.no_grad():
@@ -217,7 +279,12 @@ def test_unknown_surrogate_is_one_clear_error_before_any_work(registry, ctx, dat
     from ueb.config import RunConfig
     from ueb.plan import resolve
 
-    config = RunConfig(poisoners=("em",), countermeasures=("vanilla",), profile="smoke", params={"em": {"surrogate": "no-such-net"}})
+    config = RunConfig(
+        poisoners=("em",),
+        countermeasures=("vanilla",),
+        profile="smoke",
+        params={"em": {"surrogate": "no-such-net"}},
+    )
     with pytest.raises(ConfigError, match="poisoner 'em' requires unknown victim 'no-such-net'"):
         resolve(config, get_registry())
     with pytest.raises(ConfigError, match="unknown victim 'no-such-net'"):

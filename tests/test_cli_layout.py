@@ -49,7 +49,14 @@ def test_a_run_introduces_itself_in_a_few_lines():
     text = " ".join(out.console.file.getvalue().split())
     assert len(out.console.file.getvalue().splitlines()) <= 8
     # every count in its own place (distinct numbers, so a swapped field shows)
-    for phrase in ("126", "5 done here", "40 reusable", "81 to compute", "2 cached", "3 to compute"):
+    for phrase in (
+        "126",
+        "5 done here",
+        "40 reusable",
+        "81 to compute",
+        "2 cached",
+        "3 to compute",
+    ):
         assert phrase in text, phrase
     assert "deephiding" in text and "{" not in text
     # what the plan knows, not what was fed in: the countermeasures 'all' selects

@@ -9,11 +9,26 @@ from core_helpers import FIXTURES, run_cli
 
 from ueb.store import Store
 
-ARGS = ["--plugins-dir", str(FIXTURES), "run", "-p", "random-noise", "-c", "identity,invert", "-v", "tiny", "--profile", "smoke", "-q"]
+ARGS = [
+    "--plugins-dir",
+    str(FIXTURES),
+    "run",
+    "-p",
+    "random-noise",
+    "-c",
+    "identity,invert",
+    "-v",
+    "tiny",
+    "--profile",
+    "smoke",
+    "-q",
+]
 
 
 def _rows(run_dir):
-    return sorted((r.cell_id, r.status, r.final_acc, r.clean_final_acc) for r in Store(run_dir).records())
+    return sorted(
+        (r.cell_id, r.status, r.final_acc, r.clean_final_acc) for r in Store(run_dir).records()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +44,14 @@ def sequential(tmp_path_factory):
 
 @pytest.mark.slow
 def test_process_pool_matches_sequential(sequential, tmp_path):
-    res = run_cli(*ARGS, "--workers", "2", "--run-dir", str(tmp_path / "run"), env={"UEB_CACHE": str(tmp_path / "cache")})
+    res = run_cli(
+        *ARGS,
+        "--workers",
+        "2",
+        "--run-dir",
+        str(tmp_path / "run"),
+        env={"UEB_CACHE": str(tmp_path / "cache")},
+    )
     assert res.returncode == 0, res.stderr
     assert _rows(tmp_path / "run") == sequential
 
@@ -40,9 +62,21 @@ def test_ray_executor_matches_sequential(sequential, tmp_path):
         import ray  # noqa: F401
     else:
         pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'ueb[ray]')")
-    res = run_cli(*ARGS, "--executor", "ray", "--workers", "2", "--run-dir", str(tmp_path / "run"), env={"UEB_CACHE": str(tmp_path / "cache")}, timeout=600)
+    res = run_cli(
+        *ARGS,
+        "--executor",
+        "ray",
+        "--workers",
+        "2",
+        "--run-dir",
+        str(tmp_path / "run"),
+        env={"UEB_CACHE": str(tmp_path / "cache")},
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     rows = _rows(tmp_path / "run")
     assert rows == sequential
     poisoned = [r for r in Store(tmp_path / "run").records() if r.poisoner != "clean"]
-    assert poisoned and all(r.clean_final_acc is not None for r in poisoned)  # back-filled references
+    assert poisoned and all(
+        r.clean_final_acc is not None for r in poisoned
+    )  # back-filled references

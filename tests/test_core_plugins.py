@@ -24,7 +24,10 @@ def test_builtin_plugins_register_through_entry_points():
     reg = isolated_registry()
     assert "fashion-mnist" in reg.names("dataset")
     assert {"clean", "random-noise"} <= set(reg.names("poisoner"))
-    dists = {reg.get("dataset", "fashion-mnist").distribution, reg.get("poisoner", "clean").distribution}
+    dists = {
+        reg.get("dataset", "fashion-mnist").distribution,
+        reg.get("poisoner", "clean").distribution,
+    }
     assert dists == {"ueb"}
 
 
@@ -38,7 +41,9 @@ def test_glob_and_all_selection():
     reg = isolated_registry(minimal_plugins())
     assert reg.select("countermeasure", ["ident*", "inv*"]) == ["identity", "invert"]
     assert {"iss-jpeg", "identity", "invert"} <= set(reg.select("countermeasure", ["i*"]))
-    assert "clean" not in reg.select("poisoner", ["all"])  # the reference row is added by the runner
+    assert "clean" not in reg.select(
+        "poisoner", ["all"]
+    )  # the reference row is added by the runner
     assert reg.select("countermeasure", ["invert,identity"]) == ["invert", "identity"]
     with pytest.raises(ConfigError, match="no countermeasure matches"):
         reg.select("countermeasure", ["zz*"])
@@ -142,14 +147,31 @@ def test_import_cli_list_and_help_do_not_import_torch():
 def test_installed_third_party_package_is_discovered_and_runs_in_a_matrix(tmp_path):
     target = tmp_path / "site"
     source = tmp_path / "src"
-    shutil.copytree(REPO / "tests" / "thirdparty_plugin", source)  # the build must not write into the repo
+    shutil.copytree(
+        REPO / "tests" / "thirdparty_plugin", source
+    )  # the build must not write into the repo
     pip = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
         capture_output=True,
         text=True,
     )
     assert pip.returncode == 0, pip.stderr
-    env = {"PYTHONPATH": str(target), "UEB_PLUGINS": "ueb,ueb-example-plugin", "UEB_CACHE": str(tmp_path / "cache")}
+    env = {
+        "PYTHONPATH": str(target),
+        "UEB_PLUGINS": "ueb,ueb-example-plugin",
+        "UEB_CACHE": str(tmp_path / "cache"),
+    }
     plugins = run_cli("plugins", "--json", env=env)
     assert "ueb-example-plugin" in plugins.stdout
     res = run_cli(

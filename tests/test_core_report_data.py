@@ -76,9 +76,13 @@ def test_markdown_report_matches_the_golden_file():
     golden = GOLDEN / "table.md"
     if os.environ.get("UEB_ACCEPT_GOLDEN"):
         # a person accepts a golden after reading its diff; CI only ever compares
-        assert os.environ.get("CI", "").lower() not in ("1", "true", "yes"), "UEB_ACCEPT_GOLDEN is set under CI"
+        assert os.environ.get("CI", "").lower() not in ("1", "true", "yes"), (
+            "UEB_ACCEPT_GOLDEN is set under CI"
+        )
         golden.write_text(text)
-        pytest.skip(f"accepted {golden.name}: read `git diff {golden}`, then run the test without UEB_ACCEPT_GOLDEN")
+        pytest.skip(
+            f"accepted {golden.name}: read `git diff {golden}`, then run the test without UEB_ACCEPT_GOLDEN"
+        )
     assert text == golden.read_text()
 
 

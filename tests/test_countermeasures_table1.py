@@ -72,7 +72,9 @@ def test_bdr_keeps_four_levels_per_channel(run_context):
     assert out.dtype == torch.uint8
     for ch in range(3):
         assert sorted(out[:, ch].unique().tolist()) == [0, 64, 128, 192]
-    uniform = create("bdr", mode="uniform").transform_train_set(as_set(rand_images(20)), run_context)
+    uniform = create("bdr", mode="uniform").transform_train_set(
+        as_set(rand_images(20)), run_context
+    )
     assert sorted(uniform.images.unique().tolist()) == [0, 85, 170, 255]
 
 
@@ -155,7 +157,9 @@ def test_gaussian_filter_sigma_point_one_is_identity_on_8_bit(run_context):
     from PIL import Image
 
     x = rand_images(4)
-    assert torch.equal(create("gaussian-filter").transform_train_set(as_set(x), run_context).images, x)
+    assert torch.equal(
+        create("gaussian-filter").transform_train_set(as_set(x), run_context).images, x
+    )
     out = create("gaussian-filter", sigma=1.0).transform_train_set(as_set(x), run_context).images
     ref = np.stack([np.asarray(T.GaussianBlur(3, 1.0)(Image.fromarray(i))) for i in hwc(x)])
     assert np.abs(hwc(out).astype(int) - ref.astype(int)).max() <= 1
@@ -187,7 +191,10 @@ def test_cutout_zeroes_one_16px_square_at_32_and_half_the_side_at_64():
             zero = img[0] == 0
             assert int(zero.sum()) == side * side
             rows, cols = zero.nonzero(as_tuple=True)
-            assert int(rows.max() - rows.min()) == side - 1 and int(cols.max() - cols.min()) == side - 1
+            assert (
+                int(rows.max() - rows.min()) == side - 1
+                and int(cols.max() - cols.min()) == side - 1
+            )
             assert (img[:, zero] == 0).all() and (img[:, ~zero] == 1).all()
     assert create("cutout", size=112).side(224, 224) == 112
 
@@ -270,9 +277,13 @@ def test_adversarial_training_stays_in_its_ball_and_raises_the_loss(name, radius
 
 def test_adversarial_loss_hook_trains_on_pgd_examples():
     model = tiny_classifier()
-    batch = Batch(torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.arange(4))
+    batch = Batch(
+        torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.arange(4)
+    )
     seen: list[torch.Tensor] = []
-    model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach().clone()))
+    model.register_forward_hook(
+        lambda module, inputs, output: seen.append(inputs[0].detach().clone())
+    )
     cm = create("at-linf", steps=2)
     model.train()
     loss = cm.loss(model, batch, step_ctx(model=model))
@@ -282,7 +293,9 @@ def test_adversarial_loss_hook_trains_on_pgd_examples():
     assert float(trained_on.min()) >= 0 and float(trained_on.max()) <= 1
     with torch.no_grad():
         clean_loss = batch.loss(model(batch.x))
-    assert float(loss.detach()) > float(clean_loss) + 1e-3  # the adversarial batch's loss, not the clean one
+    assert (
+        float(loss.detach()) > float(clean_loss) + 1e-3
+    )  # the adversarial batch's loss, not the clean one
     loss.backward()
     assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.parameters())
 
@@ -315,7 +328,9 @@ def test_each_countermeasure_trains_a_victim_through_the_trainer(run_context, na
     assert train2.images.shape == train.images.shape and torch.equal(train2.labels, train.labels)
     # a data-stage countermeasure reaches the training images, the others leave them alone;
     # sigma 0.1 gives the neighbours a weight of e^-50: the Gaussian filter is the identity on 8 bits
-    assert torch.equal(train2.images, train.images) == (cm.stage != "data" or name == "gaussian-filter")
+    assert torch.equal(train2.images, train.images) == (
+        cm.stage != "data" or name == "gaussian-filter"
+    )
     model = _victim(train.num_classes, train.image_size)
     before = [p.detach().clone() for p in model.parameters()]
     result = cm.fit(model, train2, test2, trainer, run_context)
@@ -324,4 +339,7 @@ def test_each_countermeasure_trains_a_victim_through_the_trainer(run_context, na
     assert result.final_acc == pytest.approx(trainer.evaluate(model, test2))
     assert result.history[-1]["acc"] == result.final_acc and result.peak_acc >= result.final_acc
     assert np.isfinite(result.history[-1]["loss"]) and result.history[-1]["loss"] > 0
-    assert any(not torch.equal(a, b.detach().cpu()) for a, b in zip(before, model.parameters(), strict=True))
+    assert any(
+        not torch.equal(a, b.detach().cpu())
+        for a, b in zip(before, model.parameters(), strict=True)
+    )

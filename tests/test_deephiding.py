@@ -23,6 +23,7 @@ from ueb_deephiding.wavelets import haar_dwt, haar_idwt, low_band
 
 def test_dwt_matches_pywavelets_bands_scaling_and_signs():
     import pywt  # a hard dependency (pywavelets): missing it must fail, not skip
+
     x = torch.rand(2, 3, 8, 6, dtype=torch.float64)
     z = haar_dwt(x)
     assert z.shape == (2, 12, 4, 3)
@@ -64,16 +65,23 @@ def _random_net(blocks=3, growth=8, seed=0):
 
 def test_fresh_network_is_the_identity_on_the_cover():
     net = HidingNetwork(blocks=2, growth=8)
-    assert all(float(p.detach().abs().sum()) == 0 for n, p in net.named_parameters() if ".out." in n)
+    assert all(
+        float(p.detach().abs().sum()) == 0 for n, p in net.named_parameters() if ".out." in n
+    )
     x, h = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
     torch.testing.assert_close(net.hide(x, h)[0], x, atol=1e-6, rtol=0)
 
 
 def test_inn_reverse_inverts_forward_to_float_precision():
     net = _random_net()
-    x, h = torch.rand(2, 3, 16, 16, dtype=torch.float64), torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    x, h = (
+        torch.rand(2, 3, 16, 16, dtype=torch.float64),
+        torch.rand(2, 3, 16, 16, dtype=torch.float64),
+    )
     container, z_h = net.hide(x, h)
-    assert float((container - x).detach().abs().max()) > 1e-3  # the coupling really changed the cover
+    assert (
+        float((container - x).detach().abs().max()) > 1e-3
+    )  # the coupling really changed the cover
     x_back, h_back = net.reveal(container, z_h)
     torch.testing.assert_close(x_back, x, atol=1e-10, rtol=0)
     torch.testing.assert_close(h_back, h, atol=1e-10, rtol=0)

@@ -14,7 +14,15 @@ from ueb_deephiding.training import HiderConfig, load_hider, train_hider
 from ueb.registry import get_registry
 from ueb.testing import make_imageset
 
-SMALL = HiderConfig(blocks=1, growth=8, iterations=12, batch_size=8, lr=1e-3, weights=LossWeights(w_conc=0.0), checkpoint_every=4)
+SMALL = HiderConfig(
+    blocks=1,
+    growth=8,
+    iterations=12,
+    batch_size=8,
+    lr=1e-3,
+    weights=LossWeights(w_conc=0.0),
+    checkpoint_every=4,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -82,7 +90,9 @@ def test_non_finite_loss_rolls_back_and_lowers_the_lr(small_set, tmp_path):
             terms["total"] = terms["total"] * float("nan")
 
     said = []
-    _, summary = train_hider(small_set, next_class(small_set, 4), SMALL, tmp_path, log=said.append, fault=fault)
+    _, summary = train_hider(
+        small_set, next_class(small_set, 4), SMALL, tmp_path, log=said.append, fault=fault
+    )
     assert summary["rollbacks"] == 1 and summary["iterations"] == SMALL.iterations
     assert math.isclose(summary["final_lr"], SMALL.lr * SMALL.rollback_lr_factor)
     assert any("rollback at step 6" in s and "back to step 4" in s for s in said)
@@ -154,7 +164,11 @@ def test_soft_restriction_does_not_clip(run_context):
     train = make_imageset(per_class=6, num_classes=3, size=16)
     params = {**TINY, "w_conc": 0.0, "iterations": 30, "lr": 3e-3}
     strict = get_registry().create("poisoner", "deephiding", params).poison(train, run_context)
-    soft = get_registry().create("poisoner", "deephiding", {**params, "restriction": "soft"}).poison(train, run_context)
+    soft = (
+        get_registry()
+        .create("poisoner", "deephiding", {**params, "restriction": "soft"})
+        .poison(train, run_context)
+    )
     clean = train.float01()
     assert float((strict - clean).abs().max()) <= 8 / 255 + 1e-6
     assert float((soft - clean).abs().max()) > float((strict - clean).abs().max())
@@ -168,7 +182,9 @@ def test_extractor_weights_file_is_used_and_recorded(run_context, tmp_path):
     dh = get_registry().create("poisoner", "deephiding", {**TINY, "extractor_weights": str(path)})
     dh.poison(train, run_context)
     assert dh.report()["extractor"]["source"] == "file"
-    missing = get_registry().create("poisoner", "deephiding", {**TINY, "extractor_weights": str(tmp_path / "no.pt")})
+    missing = get_registry().create(
+        "poisoner", "deephiding", {**TINY, "extractor_weights": str(tmp_path / "no.pt")}
+    )
     from ueb.errors import ConfigError
 
     with pytest.raises(ConfigError, match="do not exist"):
@@ -180,7 +196,9 @@ def test_reveal_recovers_the_hidden_image_better_than_chance(tmp_path):
 
     train = make_imageset(per_class=8, num_classes=3, size=8)
     groups = next_class(train, 1)
-    cfg = replace(SMALL, blocks=2, growth=16, iterations=80, lr=2e-3, batch_size=12, checkpoint_every=1000)
+    cfg = replace(
+        SMALL, blocks=2, growth=16, iterations=80, lr=2e-3, batch_size=12, checkpoint_every=1000
+    )
     torch.manual_seed(0)
     net, _ = train_hider(train, groups, cfg, tmp_path, log=_quiet)
     x = train.float01()
@@ -204,12 +222,25 @@ def test_cli_commands_exist_and_reveal_reports_psnr(tmp_path):
     app = build_app()
     names = {c.name or c.callback.__name__ for c in app.registered_commands}
     assert {"train", "generate", "reveal"} <= names
-    args = ["reveal", "--profile", "smoke", "--device", "cpu", "--cache-dir", str(tmp_path), "--json", "-n", "8"]
+    args = [
+        "reveal",
+        "--profile",
+        "smoke",
+        "--device",
+        "cpu",
+        "--cache-dir",
+        str(tmp_path),
+        "--json",
+        "-n",
+        "8",
+    ]
     for k, v in TINY.items():
         args += ["--param", f"{k}={v}"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     facts = json.loads(result.stdout[result.stdout.index("{") :])
     assert facts["images"] == 8 and math.isfinite(facts["reveal_psnr_db"])
-    bad = CliRunner().invoke(app, ["train", "--profile", "smoke", "--param", "blockz=2", "--cache-dir", str(tmp_path)])
+    bad = CliRunner().invoke(
+        app, ["train", "--profile", "smoke", "--param", "blockz=2", "--cache-dir", str(tmp_path)]
+    )
     assert bad.exit_code == 2 and "did you mean 'blocks'" in bad.output

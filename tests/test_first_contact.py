@@ -106,4 +106,7 @@ def test_debug_shows_where_a_plugin_failed_during_a_run(tmp_path):
     assert "Traceback" not in plain.stderr
     debug = run_cli(*args, "--debug", "--run-dir", str(tmp_path / "run2"), env=env)
     assert debug.returncode == 1
-    assert "Traceback (most recent call last)" in debug.stderr and 'raising.py", line 9' in debug.stderr
+    assert (
+        "Traceback (most recent call last)" in debug.stderr
+        and 'raising.py", line 9' in debug.stderr
+    )

@@ -136,7 +136,9 @@ def test_network_is_refused(monkeypatch):
         socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s,
         pytest.raises(OSError, match=r"network access refused by paper_speed\.py") as refused,
     ):
-        s.connect(("127.0.0.1", 9))  # a closed port: the system's own refusal would say "Connection refused"
+        s.connect(
+            ("127.0.0.1", 9)
+        )  # a closed port: the system's own refusal would say "Connection refused"
     assert not isinstance(refused.value, ConnectionRefusedError)
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 

@@ -33,7 +33,9 @@ def test_iss_grayscale_is_torchvision_grayscale3(run_context):
     train = data()
     out = create("iss-grayscale").transform_train_set(train, run_context).images
     # torchvision's Grayscale(3) on a PIL image is convert("L") replicated to RGB
-    ref = np.stack([np.asarray(Image.fromarray(i).convert("L").convert("RGB")) for i in hwc(train.images)])
+    ref = np.stack(
+        [np.asarray(Image.fromarray(i).convert("L").convert("RGB")) for i in hwc(train.images)]
+    )
     got = hwc(out).astype(int)
     assert (got[..., 0] == got[..., 1]).all() and (got[..., 1] == got[..., 2]).all()
     assert np.array_equal(got, ref)
@@ -61,7 +63,9 @@ def test_iss_jpeg_sweep_orders_by_distortion(run_context):
     assert err[0] > err[1] > err[2] > 0
 
 
-@pytest.mark.parametrize("bits,levels", [(1, [0, 128]), (2, [0, 64, 128, 192]), (3, list(range(0, 256, 32)))])
+@pytest.mark.parametrize(
+    "bits,levels", [(1, [0, 128]), (2, [0, 64, 128, 192]), (3, list(range(0, 256, 32)))]
+)
 def test_iss_bdr_is_posterize_at_the_swept_depth(run_context, bits, levels):
     from PIL import Image, ImageOps
 
@@ -69,7 +73,9 @@ def test_iss_bdr_is_posterize_at_the_swept_depth(run_context, bits, levels):
     out = create("iss-bdr", bits=bits).transform_train_set(train, run_context).images
     assert sorted(out.unique().tolist()) == levels
     # torchvision's RandomPosterize(bits, p=1) on PIL images calls ImageOps.posterize
-    ref = np.stack([np.asarray(ImageOps.posterize(Image.fromarray(i), bits)) for i in hwc(train.images)])
+    ref = np.stack(
+        [np.asarray(ImageOps.posterize(Image.fromarray(i), bits)) for i in hwc(train.images)]
+    )
     assert np.array_equal(hwc(out), ref)
 
 

@@ -123,6 +123,7 @@ def test_a_single_seed_shows_n1_and_no_spread():
 
 def test_t_quantiles_match_scipy():
     from scipy import stats  # a hard dependency: missing it must fail, not skip
+
     for df in (*range(1, 61), 100, 1000):
         assert t975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=2e-3)
 
@@ -187,6 +188,7 @@ def test_the_within_noise_rule_is_the_95_percent_welch_interval_of_the_differenc
     from scipy import stats as scipy_stats  # a hard dependency
 
     from ueb.stats import difference_half_width
+
     va, vb = 4.0 / 4, 0.25 / 4
     df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 3)
     want = scipy_stats.t.ppf(0.975, df) * (va + vb) ** 0.5

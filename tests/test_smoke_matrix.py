@@ -29,9 +29,17 @@ def test_every_plugin_runs_end_to_end_at_smoke_scale(tmp_path, poisoners, counte
     set_host(None)
     registry = get_registry()
     failed_plugins = [r for r in registry.host.records.values() if not r.ok]
-    assert not failed_plugins, f"built-in plugins failed to load: {[(r.name, r.error) for r in failed_plugins]}"
+    assert not failed_plugins, (
+        f"built-in plugins failed to load: {[(r.name, r.error) for r in failed_plugins]}"
+    )
     run = resolve(
-        RunConfig(poisoners=poisoners, countermeasures=countermeasures, profile="smoke", cache_dir=str(tmp_path / "cache"), save_models="none"),
+        RunConfig(
+            poisoners=poisoners,
+            countermeasures=countermeasures,
+            profile="smoke",
+            cache_dir=str(tmp_path / "cache"),
+            save_models="none",
+        ),
         registry,
     )
     assert len(run.countermeasures) >= (19 if countermeasures == ("all",) else 1)

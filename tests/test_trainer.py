@@ -42,7 +42,10 @@ def test_same_seed_repeats_exactly_on_cpu(tiny_set):
 def test_other_seed_changes_the_batches(tiny_set):
     _, model_a = _train(0, tiny_set)
     _, model_b = _train(1, tiny_set)
-    assert not all(torch.equal(pa, pb) for pa, pb in zip(model_a.parameters(), model_b.parameters(), strict=True))
+    assert not all(
+        torch.equal(pa, pb)
+        for pa, pb in zip(model_a.parameters(), model_b.parameters(), strict=True)
+    )
 
 
 def test_final_and_peak_come_from_the_history(tiny_set):
@@ -53,7 +56,9 @@ def test_final_and_peak_come_from_the_history(tiny_set):
     assert result.peak_acc == max(accs)
     assert result.history[accs.index(max(accs))]["step"] == result.peak_step
     protocol = result.extra["protocol"]
-    assert protocol["iterations"] == 12 and protocol["crop_fill"] == "zeros" and protocol["drop_last"]
+    assert (
+        protocol["iterations"] == 12 and protocol["crop_fill"] == "zeros" and protocol["drop_last"]
+    )
     assert protocol["bf16"] is False and protocol["channels_last_used"] is False  # CPU
 
 
@@ -86,7 +91,11 @@ def test_hooks_see_every_batch_and_define_the_loss(tiny_set):
         def augment(self, batch: Batch, step: StepContext) -> Batch:
             self.steps.append(step.step)
             self.shapes.add(tuple(batch.x.shape))
-            assert batch.x.dtype == torch.float32 and float(batch.x.min()) >= 0 and float(batch.x.max()) <= 1
+            assert (
+                batch.x.dtype == torch.float32
+                and float(batch.x.min()) >= 0
+                and float(batch.x.max()) <= 1
+            )
             return Batch(batch.x, batch.y, y2=(batch.y + 1) % 4, lam=torch.ones(len(batch.y)))
 
         def loss(self, model, batch: Batch, step: StepContext):
@@ -135,7 +144,12 @@ def test_paper_profile_trains_resnet18_on_a_cifar_archive(tmp_path):
     splits = get_registry().create("dataset", "cifar10").load(archive)
     assert (len(splits.train), len(splits.test)) == (1000, 100)
     paper = load_profile("paper").training
-    assert (paper.batch_size, paper.lr, paper.iterations, paper.milestones) == (128, 0.1, 40_000, (16_000, 32_000))
+    assert (paper.batch_size, paper.lr, paper.iterations, paper.milestones) == (
+        128,
+        0.1,
+        40_000,
+        (16_000, 32_000),
+    )
     cfg = dataclasses.replace(paper, iterations=60, milestones=(24, 48), eval_every=30)
     torch.manual_seed(0)
     model = get_registry().create("victim", "resnet18", {"width": 8}).build(10, 32)

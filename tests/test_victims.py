@@ -56,14 +56,19 @@ def test_victim_builds_and_trains(name, tiny_set):
     assert result.history[-1]["acc"] == result.final_acc
     assert result.peak_acc == max(h["acc"] for h in result.history)
     assert all(h["loss"] > 0 for h in result.history)
-    changed = sum(not torch.equal(a, b.detach().cpu()) for a, b in zip(before, model.parameters(), strict=True))
+    changed = sum(
+        not torch.equal(a, b.detach().cpu())
+        for a, b in zip(before, model.parameters(), strict=True)
+    )
     assert changed == len(before)
 
 
 def test_fastnet_learns_tiny_set(tiny_set):
     victim = get_registry().create("victim", "fastnet", SMALL["fastnet"])
     model = victim.build(tiny_set.num_classes, tiny_set.image_size)
-    trainer = _smoke_trainer(iterations=100, milestones=(75,), eval_every=100, batch_size=16, lr=0.05)
+    trainer = _smoke_trainer(
+        iterations=100, milestones=(75,), eval_every=100, batch_size=16, lr=0.05
+    )
     result = trainer.fit(model, tiny_set, tiny_set)
     assert result.final_acc >= 75.0  # chance is 25%
 
@@ -77,7 +82,12 @@ def test_resnet_stem_follows_input_size(name):
     assert isinstance(cifar.maxpool, torch.nn.Identity)
     assert imagenet.conv1.kernel_size == (7, 7) and imagenet.conv1.stride == (2, 2)
     assert isinstance(imagenet.maxpool, torch.nn.MaxPool2d)
-    forced = get_registry().create("victim", name, {"width": 4, "stem": "imagenet"}).build(10, 32).backbone
+    forced = (
+        get_registry()
+        .create("victim", name, {"width": 4, "stem": "imagenet"})
+        .build(10, 32)
+        .backbone
+    )
     assert forced.conv1.kernel_size == (7, 7)
 
 

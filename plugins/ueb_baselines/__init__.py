@@ -52,7 +52,12 @@ def register_poisoners(register):
         defaults={"block": 8},
         family="reference",
     )
-    register("em", "ueb_baselines.em:ErrorMinimizing", summary="EM, error-minimizing noise (Huang et al. 2021), sample-wise Linf 8/255", family="error-minimising")
+    register(
+        "em",
+        "ueb_baselines.em:ErrorMinimizing",
+        summary="EM, error-minimizing noise (Huang et al. 2021), sample-wise Linf 8/255",
+        family="error-minimising",
+    )
     register(
         "em-class",
         "ueb_baselines.em:ErrorMinimizing",
@@ -60,9 +65,39 @@ def register_poisoners(register):
         defaults={"mode": "class"},
         family="error-minimising",
     )
-    register("rem", "ueb_baselines.rem:RobustErrorMinimizing", summary="REM, robust error-minimizing noise (Fu et al. 2022), Linf 8/255", family="error-minimising")
-    register("tap", "ueb_baselines.tap:TargetedAdversarialPoisoning", summary="TAP, targeted adversarial poisoning (Fowl et al. 2021), Linf 8/255", family="error-maximising")
-    register("entf", "ueb_baselines.entf:EntangledFeatures", summary="EntF, entangled features (Wen et al. 2023), Linf 8/255", family="error-maximising")
-    register("lsp", "ueb_baselines.lsp:LinearSeparablePerturbations", summary="LSP, linear separable synthetic perturbations (Yu et al. 2022), L2", family="surrogate-free")
-    register("ar", "ueb_baselines.ar:AutoregressivePerturbations", summary="AR, autoregressive perturbations (Sandoval-Segura et al. 2022), L2 1.0", family="surrogate-free")
-    register("ops", "ueb_baselines.ops:OnePixelShortcut", summary="OPS, one-pixel shortcut (Wu et al. 2023), L0 1 pixel", family="surrogate-free")
+    register(
+        "rem",
+        "ueb_baselines.rem:RobustErrorMinimizing",
+        summary="REM, robust error-minimizing noise (Fu et al. 2022), Linf 8/255",
+        family="error-minimising",
+    )
+    register(
+        "tap",
+        "ueb_baselines.tap:TargetedAdversarialPoisoning",
+        summary="TAP, targeted adversarial poisoning (Fowl et al. 2021), Linf 8/255",
+        family="error-maximising",
+    )
+    register(
+        "entf",
+        "ueb_baselines.entf:EntangledFeatures",
+        summary="EntF, entangled features (Wen et al. 2023), Linf 8/255",
+        family="error-maximising",
+    )
+    register(
+        "lsp",
+        "ueb_baselines.lsp:LinearSeparablePerturbations",
+        summary="LSP, linear separable synthetic perturbations (Yu et al. 2022), L2",
+        family="surrogate-free",
+    )
+    register(
+        "ar",
+        "ueb_baselines.ar:AutoregressivePerturbations",
+        summary="AR, autoregressive perturbations (Sandoval-Segura et al. 2022), L2 1.0",
+        family="surrogate-free",
+    )
+    register(
+        "ops",
+        "ueb_baselines.ops:OnePixelShortcut",
+        summary="OPS, one-pixel shortcut (Wu et al. 2023), L0 1 pixel",
+        family="surrogate-free",
+    )

@@ -46,7 +46,9 @@ def pgd_linf(
     return delta.detach()
 
 
-def uniform_start(shape: torch.Size, eps: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+def uniform_start(
+    shape: torch.Size, eps: float, gen: torch.Generator, device: torch.device
+) -> torch.Tensor:
     """Uniform noise in [-eps, eps] drawn from `gen` (a random PGD start)."""
     return (torch.rand(shape, generator=gen, device=device) * 2 - 1) * eps
 
@@ -97,12 +99,17 @@ def brew(
     best, best_score = None, float("inf")
     n = len(x)
     for _ in range(max(1, restarts)):
-        delta = project(x, torch.randn(x.shape, generator=gen, device=gen.device).to(x.device) * eps, eps)
+        delta = project(
+            x, torch.randn(x.shape, generator=gen, device=gen.device).to(x.device) * eps, eps
+        )
         score = 0.0
         for _ in range(steps):
             total = 0.0
             for i in range(0, n, batch_size):
-                xb, db = x[i : i + batch_size], delta[i : i + batch_size].clone().requires_grad_(True)
+                xb, db = (
+                    x[i : i + batch_size],
+                    delta[i : i + batch_size].clone().requires_grad_(True),
+                )
                 idx = torch.arange(i, min(i + batch_size, n), device=x.device)
                 z = xb + db
                 loss = objective(augment(z) if augment is not None else z, idx)

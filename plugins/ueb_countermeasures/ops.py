@@ -66,7 +66,9 @@ def bit_depth_reduction(images: torch.Tensor, bits: int, mode: str = "posterize"
         out = torch.empty_like(x)
         for i in _chunks(len(x)):
             v = x[i : i + _CHUNK].float().div_(255.0)
-            out[i : i + _CHUNK] = v.mul_(levels).round_().div_(levels).mul_(255.0).round_().to(torch.uint8)
+            out[i : i + _CHUNK] = (
+                v.mul_(levels).round_().div_(levels).mul_(255.0).round_().to(torch.uint8)
+            )
         return out
     raise ConfigError(f"unknown bit-depth reduction mode '{mode}'", "use 'posterize' or 'uniform'")
 
@@ -156,7 +158,9 @@ def mean_filter(images: torch.Tensor, kernel: int = 3) -> torch.Tensor:
                 acc.add_(v)
             s = acc
         # round(s / area) without ties: area is odd, so s / area is never k + 1/2.
-        out[i : i + _SMALL] = torch.div(2 * s + area, 2 * area, rounding_mode="floor").to(torch.uint8)
+        out[i : i + _SMALL] = torch.div(2 * s + area, 2 * area, rounding_mode="floor").to(
+            torch.uint8
+        )
     return out
 
 
@@ -201,7 +205,11 @@ def median_filter(images: torch.Tensor, kernel: int = 3) -> torch.Tensor:
     out = torch.empty_like(x)
     for i in _chunks(len(x), _SMALL):
         part = x[i : i + _SMALL]
-        views = [v for row in _shifts(part, kernel, -2, "replicate") for v in _shifts(row, kernel, -1, "replicate")]
+        views = [
+            v
+            for row in _shifts(part, kernel, -2, "replicate")
+            for v in _shifts(row, kernel, -1, "replicate")
+        ]
         if kernel == 3:
             out[i : i + _SMALL] = _median9(views)
         else:
@@ -219,7 +227,9 @@ def gaussian_noise(
     x = as_float01(images).clone()
     for i in _chunks(len(x)):
         part = x[i : i + _CHUNK]
-        noise = torch.randn(part.shape, generator=generator, device=generator.device).to(part.device)
+        noise = torch.randn(part.shape, generator=generator, device=generator.device).to(
+            part.device
+        )
         part.add_(noise, alpha=std).add_(mean).clamp_(0, 1)
     return x
 
@@ -232,8 +242,11 @@ JPEG_ENCODERS = ("opencv", "simplejpeg", "pil")
 def _jpeg_opencv(img: np.ndarray, quality: int, subsampling: str) -> np.ndarray:
     import cv2
 
-    factor = {"444": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444, "422": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
-              "420": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420}[subsampling]
+    factor = {
+        "444": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
+        "422": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
+        "420": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
+    }[subsampling]
     flags = [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, factor]
     if img.shape[2] == 1:
         _, data = cv2.imencode(".jpg", img[:, :, 0], flags)
@@ -246,9 +259,13 @@ def _jpeg_simplejpeg(img: np.ndarray, quality: int, subsampling: str) -> np.ndar
     import simplejpeg
 
     if img.shape[2] == 1:
-        data = simplejpeg.encode_jpeg(img, quality=quality, colorspace="GRAY", colorsubsampling="Gray")
+        data = simplejpeg.encode_jpeg(
+            img, quality=quality, colorspace="GRAY", colorsubsampling="Gray"
+        )
         return simplejpeg.decode_jpeg(data, colorspace="GRAY")
-    data = simplejpeg.encode_jpeg(img, quality=quality, colorspace="RGB", colorsubsampling=subsampling)
+    data = simplejpeg.encode_jpeg(
+        img, quality=quality, colorspace="RGB", colorsubsampling=subsampling
+    )
     return simplejpeg.decode_jpeg(data, colorspace="RGB")
 
 
@@ -294,7 +311,9 @@ def jpeg(
     if subsampling not in ("444", "422", "420"):
         raise ConfigError(f"unknown JPEG chroma subsampling '{subsampling}'", "use 444, 422 or 420")
     if encoder not in _ROUNDTRIP:
-        raise ConfigError(f"unknown JPEG encoder '{encoder}'", f"use one of {', '.join(JPEG_ENCODERS)}")
+        raise ConfigError(
+            f"unknown JPEG encoder '{encoder}'", f"use one of {', '.join(JPEG_ENCODERS)}"
+        )
     x = as_uint8(images)
     if x.shape[1] not in (1, 3):
         raise ConfigError(f"JPEG needs 1- or 3-channel images, got {x.shape[1]} channels")

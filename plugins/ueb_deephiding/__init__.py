@@ -28,4 +28,8 @@ def register_poisoners(register):
 def register_commands(cli):
     from ueb_deephiding.cli import build_app
 
-    cli.add_typer(build_app(), name="deephiding", help="Deep Hiding: train a hider, generate, reveal hidden images")
+    cli.add_typer(
+        build_app(),
+        name="deephiding",
+        help="Deep Hiding: train a hider, generate, reveal hidden images",
+    )
