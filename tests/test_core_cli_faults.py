@@ -261,8 +261,25 @@ def test_strict_plugins_turns_an_unmatched_ueb_plugins_name_into_an_exit_2():
 def test_show_selects_a_cell_by_its_coordinates(tmp_path):
     run = _finished_run(tmp_path)
     res = run_cli("show", "--run", str(run), "-p", "ops", "-c", "vanilla")
-    assert res.returncode == 0 and '"poisoner": "ops"' in res.stdout
+    assert res.returncode == 0 and "| ops | vanilla |" in res.stdout.splitlines()[1]
+    assert len(res.stdout.splitlines()) < 15  # a summary first
+    raw = run_cli("show", "--run", str(run), "-p", "ops", "-c", "vanilla", "--json")
+    assert raw.returncode == 0 and '"poisoner": "ops"' in raw.stdout
     both = run_cli("show", "--run", str(run), "-c", "vanilla")
     assert both.returncode == 2 and "2 cells match" in both.stderr
     config = run_cli("show", "--run", str(run), "--config")
     assert config.returncode == 0 and '"specs"' in config.stdout
+
+
+def test_show_finds_the_run_of_a_cell_id_printed_by_ueb_run(tmp_path):
+    import shutil
+
+    from ueb.store import Store
+
+    run = _finished_run(tmp_path)
+    (tmp_path / "runs").mkdir()
+    shutil.copytree(run, tmp_path / "runs" / "mine")
+    cell_id = next(r.cell_id for r in Store(tmp_path / "runs" / "mine").records())
+    res = run_cli("show", cell_id[:10], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(f"cell {cell_id} in runs/mine"), res.stdout

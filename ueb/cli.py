@@ -433,7 +433,14 @@ def show(
             help="A cell id or a unique prefix (printed by `ueb run`); or select with the options."
         ),
     ] = None,
-    run: Annotated[str, typer.Option("--run", "-r", help="The run directory.")] = ".",
+    run: Annotated[
+        str | None,
+        typer.Option(
+            "--run",
+            "-r",
+            help="The run directory (default: the run under runs/ that holds the cell id, else the latest).",
+        ),
+    ] = None,
     poisoner: Annotated[
         str | None, typer.Option("--poisoner", "-p", help="Select the cell by poisoner ...")
     ] = None,
@@ -446,13 +453,17 @@ def show(
     config: Annotated[
         bool, typer.Option("--config", help="Print the run's full resolved configuration instead.")
     ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The whole stored record as JSON (no summary).")
+    ] = False,
 ) -> None:
     """Everything stored about one cell: parameters, versions, accuracy curve, poison facts, probe."""
     from dataclasses import asdict
 
     from ueb.store import Store
 
-    store = Store.open_existing(_run_path(run), readonly=True)
+    run_dir = _run_path(run) if run is not None else _run_of_cell(cell)
+    store = Store.open_existing(run_dir, readonly=True)
     if config:
         Output().json(store.manifest().get("config", {}))
         return
@@ -476,11 +487,80 @@ def show(
             for r in matches[:6]
         )
         raise UebError(
-            f"{len(matches)} cells match in {run}"
+            f"{len(matches)} cells match in {run_dir}"
             + (f": {listed}" + (" ..." if len(matches) > 6 else "") if matches else ""),
             "narrow it with -p/-c/-v/-d/-s or a longer id prefix",
         )
-    Output().json(asdict(matches[0]))
+    if as_json:
+        Output().json(asdict(matches[0]))
+        return
+    Output().raw(cell_summary(matches[0], run_dir))
+
+
+def _run_of_cell(cell: str | None) -> Path:
+    """The run under runs/ whose store holds a cell with this id (prefix); else the latest."""
+    if cell:
+        from ueb.store import DB_NAME, Store
+
+        for db in sorted(Path("runs").glob(f"*/{DB_NAME}"), key=lambda p: -p.stat().st_mtime):
+            try:
+                store = Store.open_existing(db.parent, readonly=True)
+            except UebError:
+                continue
+            try:
+                if store.find(cell):
+                    return db.parent
+            finally:
+                store.close()
+    return _run_path(None)
+
+
+def cell_summary(r: Any, run_dir: Path) -> str:
+    """A few lines a person reads first; `--json` has the whole record."""
+    facts = r.poison_facts or {}
+    probe = r.probe or {}
+    lines = [
+        f"cell {r.cell_id} in {run_dir}",
+        f"  {r.dataset} | {r.poisoner} | {r.countermeasure} | {r.victim} | seed {r.seed}"
+        + (f" | poison seed {r.poison_seed}" if r.poison_seed not in (None, r.seed) else "")
+        + (f" | {r.poison_fraction:.0%} poisoned" if r.poison_fraction < 1 else ""),
+        f"  status: {r.status}" + (f" ({r.error})" if r.error else ""),
+    ]
+    if r.status == "ok":
+        lines.append(
+            f"  test accuracy: final {r.final_acc:.2f}%, peak {r.peak_acc:.2f}% at step {r.peak_step}"
+            + (
+                f"; clean reference {r.clean_final_acc:.2f}%"
+                if r.clean_final_acc is not None
+                else ""
+            )
+        )
+        lines.append(
+            f"  time: poison {r.poison_seconds or 0:.1f} s, training {r.train_seconds or 0:.1f} s"
+            + (
+                f" (shared with cell {r.extra['training_from'][:10]})"
+                if (r.extra or {}).get("training_from")
+                else ""
+            )
+            + (
+                f"; reused from {r.extra['reused_from']}"
+                if (r.extra or {}).get("reused_from")
+                else ""
+            )
+        )
+    if facts:
+        shown = {k: facts[k] for k in ("psnr", "linf_max", "poison_sha256", "caveat") if k in facts}
+        if shown:
+            lines.append("  poison: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    if probe:
+        lines.append(
+            f"  shortcut probe: target rate {probe.get('target_rate')}, latched {probe.get('latched')}"
+        )
+    lines.append(
+        f"  versions: poisoner {r.poisoner_version}, countermeasure {r.countermeasure_version}, victim {r.victim_version}; git {r.git}; {r.device}"
+    )
+    lines.append("  (`ueb show ... --json` for the whole record: parameters, curve, facts)")
+    return "\n".join(lines) + "\n"
 
 
 @app.command()
