@@ -12,6 +12,7 @@ from core_helpers import REPO, run_cli
 from typer.testing import CliRunner
 
 from ueb.analysis import baseline as bl
+from ueb.errors import ConfigError
 from ueb.store import CellRecord, Store
 
 PAPER = REPO / "benchmarks" / "baselines" / "paper-table1.json"
@@ -453,3 +454,33 @@ def test_check_a_run_against_the_paper_baseline(tmp_path):
         ("cifar10 | em | cutout | resnet18 | seed 0", "10.00", "30.00")
     ]
     assert len(report["missing_in_run"]) == len(bl.load(PAPER).cells) - 2
+
+
+def test_a_non_numeric_baseline_value_is_one_line(tmp_path):
+    path = tmp_path / "bad.json"
+    cell = {"dataset": "d", "poisoner": "em", "countermeasure": "vanilla", "victim": "v"}
+    path.write_text(json.dumps({"cells": [{**cell, "accuracy": "ninety"}]}))
+    with pytest.raises(
+        ConfigError, match=r"cell 0 \(em x vanilla\) has a value that is not a number"
+    ):
+        bl.load(path)
+
+
+def test_a_check_against_other_plugin_versions_says_so_even_when_it_passes(tmp_path):
+    seeds = [(s, 30.0 + s) for s in range(3)]
+    base_run = _make_run(
+        tmp_path / "a",
+        [_record(i, "em", "vanilla", acc, seed=s) for i, (s, acc) in enumerate(seeds)],
+    )
+    base = _accept(base_run, tmp_path / "b")
+    data = json.loads(Path(base).read_text())
+    for c in data["cells"]:
+        c["versions"] = {**c.get("versions", {}), "poisoner": "0"}
+    Path(base).write_text(json.dumps(data))
+    run = _make_run(
+        tmp_path / "run",
+        [_record(i, "em", "vanilla", acc, seed=s) for i, (s, acc) in enumerate(seeds)],
+    )
+    res = _cli("check", str(run), "--baseline", str(base))
+    assert res.exit_code == 0, res.output
+    assert "plugin versions differ from the baseline's" in " ".join(res.output.split())

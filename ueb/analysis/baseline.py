@@ -16,6 +16,7 @@ Pure Python: no torch, so `ueb check` starts fast and runs in CI without a model
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -78,6 +79,16 @@ class Baseline:
 # --------------------------------------------------------------------------- reading / writing
 
 
+def _number(value: Any) -> float:
+    """A finite number (bool and text that is no number are not accuracies)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(value)
+    return number
+
+
 def resolve_path(name_or_path: str | Path) -> Path:
     """A path to a .json file, or the NAME of benchmarks/baselines/NAME.json."""
     p = Path(name_or_path)
@@ -123,15 +134,26 @@ def load(name_or_path: str | Path) -> Baseline:
                 f"baseline {path}: cell {i} lacks {', '.join(missing)}",
                 "each cell needs dataset, poisoner, countermeasure, victim and accuracy",
             )
+        try:
+            accuracy = None if c["accuracy"] is None else _number(c["accuracy"])
+            seed = None if c.get("seed") is None else int(c["seed"])
+            fraction = _number(c.get("fraction", 1.0))
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"baseline {path}: cell {i} ({c.get('poisoner')} x {c.get('countermeasure')}) has a "
+                f"value that is not a number (accuracy {c.get('accuracy')!r}, seed {c.get('seed')!r}, "
+                f"fraction {c.get('fraction', 1.0)!r})",
+                "fix that cell or regenerate the baseline with `ueb baseline accept`",
+            ) from None
         cells.append(
             Entry(
                 dataset=str(c["dataset"]),
                 poisoner=str(c["poisoner"]),
                 countermeasure=str(c["countermeasure"]),
                 victim=str(c["victim"]),
-                seed=None if c.get("seed") is None else int(c["seed"]),
-                fraction=float(c.get("fraction", 1.0)),
-                accuracy=None if c["accuracy"] is None else float(c["accuracy"]),
+                seed=seed,
+                fraction=fraction,
+                accuracy=accuracy,
                 versions={k: str(v) for k, v in (c.get("versions") or {}).items()},
                 source=str(c.get("source", "")),
             )
@@ -311,6 +333,8 @@ class Comparison:
     baseline_cells: int = 0
     k: float = NOISE_K
     seedless: bool = False  # some baseline values carry no seed (one value per cell)
+    # plugin versions that differ between the baseline and the run, over every compared cell
+    version_changes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -403,6 +427,16 @@ def compare(
         else:
             moved.append(m)
     missing = [e for e in baseline.cells if e.key not in used]
+    changes = sorted(
+        {
+            part
+            for (cell, _digest), members in groups.items()
+            for part in _version_note(by_cell[cell][0], members[0][1])
+            .removeprefix("version changed: ")
+            .split(", ")
+            if part
+        }
+    )
     return Comparison(
         tol,
         moved,
@@ -413,6 +447,7 @@ def compare(
         baseline_cells=len(by_cell),
         k=k,
         seedless=bool(any_seed),
+        version_changes=changes,
     )
 
 

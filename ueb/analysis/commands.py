@@ -254,11 +254,18 @@ def check(
                 "moved": moved_rows,
                 "missing_in_run": [e.label() for e in result.missing_in_run],
                 "missing_in_baseline": [e.label() for e in result.missing_in_baseline],
+                "version_changes": result.version_changes,
             }
         )
     else:
         out.log(f"{result.coverage_line()} of '{base.name}' (--min-coverage {min_coverage:.0%})")
         out.log(f"rule: {result.rule()}")
+        if result.version_changes:
+            out.warn(
+                "the run's plugin versions differ from the baseline's ("
+                + ", ".join(result.version_changes)
+                + "): a difference may be an intended change; accept a new baseline if it is"
+            )
         if result.moved:
             out.log(f"{len(result.moved)} cells moved beyond their tolerance from '{base.name}':")
             for m in result.moved:
