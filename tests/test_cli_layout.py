@@ -47,7 +47,8 @@ def test_a_run_introduces_itself_in_a_few_lines():
         },
     )
     text = " ".join(out.console.file.getvalue().split())
-    assert len(out.console.file.getvalue().splitlines()) <= 8
+    assert len(out.console.file.getvalue().splitlines()) <= 9
+    assert "numerics cpu" in text and "core " in text  # how it computes, in one line
     # every count in its own place (distinct numbers, so a swapped field shows)
     for phrase in (
         "126",

@@ -47,6 +47,15 @@ class Numerics:
     def identity(self) -> dict[str, Any]:
         return {**asdict(self), "kernel_env": dict(self.kernel_env)}
 
+    def short(self) -> str:
+        """One short line for a run's introduction (the ISA caps only when set)."""
+        layout = "channels_last" if self.channels_last else "contiguous"
+        caps = "".join(f", {v}" for _k, v in self.kernel_env)
+        return (
+            f"{self.device} {self.accelerator}{caps}, {self.threads} thread"
+            f"{'s' if self.threads != 1 else ''}, {self.precision}, {layout}, core {self.core}"
+        )
+
     def describe(self) -> str:
         caps = ", ".join(f"{k}={v}" for k, v in self.kernel_env)
         layout = "channels_last" if self.channels_last else "contiguous"

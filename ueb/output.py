@@ -103,6 +103,11 @@ class Output:
             f"countermeas.   {_names(plan.countermeasures)}",
             f"victims        {_names(plan.victims)}   datasets {_names(plan.datasets)}   seeds {_names([str(s) for s in plan.seeds])}",
         ]
+        if plan.config.poison_seeds:
+            lines.append(
+                f"poison seeds   {_names([str(s) for s in plan.config.poison_seeds])} (nested: each victim seed trains on each)"
+            )
+        lines.append(f"numerics       {plan.numerics.short()}")
         if any(f < 1.0 for f in plan.fractions):
             lines.append(f"poison fraction {', '.join(f'{f:g}' for f in plan.fractions)}")
         if plan.user_params:
