@@ -116,3 +116,13 @@ def test_a_foreign_sqlite_file_is_refused_and_left_untouched(tmp_path):
     assert "not a ueb results store (tables: invoices)" in res.stderr.strip().splitlines()[-1]
     con = sqlite3.connect(run / DB_NAME)
     assert [r[0] for r in con.execute("SELECT name FROM sqlite_master")] == ["invoices"]
+
+
+def test_the_html_report_folds_its_configuration_and_scrolls_its_table_in_a_box(finished, tmp_path):
+    out = tmp_path / "report.html"
+    res = run_cli("report", str(finished / "runs" / "one"), "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    page = out.read_text()
+    assert '<div class="tablewrap"><table class="results">' in page
+    assert "div.tablewrap { max-width: 100%; overflow-x: auto; }" in page
+    assert "<details><summary>Configuration" in page and "&quot;specs&quot;" in page

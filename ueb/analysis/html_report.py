@@ -34,6 +34,8 @@ figcaption { font-size: 0.8em; color: #444; max-width: 900px; }
 dl.manifest { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1.2em; font-size: 0.9em; }
 dl.manifest dt { font-weight: 600; } dl.manifest dd { margin: 0; }
 pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
+div.tablewrap { max-width: 100%; overflow-x: auto; }
+details > summary { cursor: pointer; font-weight: 600; margin: 1em 0 0.4em; }
 ul.notes { font-size: 0.85em; color: #8a5a00; }
 ul.tablenotes { font-size: 0.8em; color: #555; }
 table.results span.n { font-size: 0.8em; color: #777; white-space: nowrap; }
@@ -149,8 +151,9 @@ def manifest_html(manifest: dict[str, Any]) -> str:
             '<h3>Plugins</h3><table class="results"><thead><tr><th>plugin</th><th>distribution</th><th>version</th>'
             f"<th>status</th></tr></thead><tbody>{plugin_rows}</tbody></table>"
         )
-    parts.append(
-        f"<h3>Configuration</h3><pre>{_e(json.dumps(config, indent=2, default=str))}</pre>"
+    parts.append(  # folded: a full configuration is thousands of lines
+        "<details><summary>Configuration (the resolved plan, JSON)</summary>"
+        f"<pre>{_e(json.dumps(config, indent=2, default=str))}</pre></details>"
     )
     return "\n".join(parts)
 
@@ -221,7 +224,7 @@ def render(run: RunData, table: ReportTable, figures: FigureSet) -> str:
         f"({sum(r.status == 'ok' for r in run.records)} ok, {sum(r.status == 'error' for r in run.records)} failed) · "
         f"datasets {_e(', '.join(config.get('datasets', [])))} · victims {_e(', '.join(config.get('victims', [])))}</p>",
         "<h2>Results (Table I layout)</h2>",
-        table_html(table),
+        f'<div class="tablewrap">{table_html(table)}</div>',  # scrolls inside its box, not the page
         detection_html(run.run_dir),
     ]
     for kind, heading, blurb in SECTIONS:
