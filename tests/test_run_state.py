@@ -126,3 +126,21 @@ def test_the_html_report_folds_its_configuration_and_scrolls_its_table_in_a_box(
     assert '<div class="tablewrap"><table class="results">' in page
     assert "div.tablewrap { max-width: 100%; overflow-x: auto; }" in page
     assert "<details><summary>Configuration" in page and "&quot;specs&quot;" in page
+
+
+def test_a_non_numeric_accuracy_in_a_store_is_one_line(finished, tmp_path):
+    import shutil
+
+    run = tmp_path / "edited"
+    shutil.copytree(finished / "runs" / "one", run)
+    con = sqlite3.connect(run / DB_NAME)
+    con.execute(
+        "UPDATE cells SET final_acc = 'ninety' WHERE cell_id = (SELECT cell_id FROM cells LIMIT 1)"
+    )
+    con.commit()
+    con.close()
+    for args in (("report", str(run), "-f", "markdown"), ("export", str(run))):
+        res = run_cli(*args)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1, res.stderr
+        assert "has a final_acc that is not a number ('ninety')" in lines[0]

@@ -88,6 +88,23 @@ _JSON_FIELDS = {
 }
 
 
+# Values read back are checked: an edited or foreign value is one line, never a traceback.
+_NUMERIC_FIELDS = {
+    "ordinal",
+    "seed",
+    "poison_seed",
+    "poison_fraction",
+    "final_acc",
+    "peak_acc",
+    "peak_step",
+    "iterations",
+    "poison_seconds",
+    "train_seconds",
+    "clean_final_acc",
+    "clean_peak_acc",
+}
+
+
 def _column_type(name: str) -> str:
     if name in _JSON_FIELDS:
         return "TEXT"
@@ -468,6 +485,13 @@ class Store:
             except ValueError as exc:
                 raise self._damaged(f"cell {d['cell_id']} has unreadable JSON ({exc})") from exc
             d.update({name: _default(f) for name, f in missing.items()})
+            for k in _NUMERIC_FIELDS & d.keys():
+                if d[k] is not None and (
+                    isinstance(d[k], bool) or not isinstance(d[k], int | float)
+                ):
+                    raise self._damaged(
+                        f"cell {d['cell_id']} has a {k} that is not a number ({d[k]!r})"
+                    )
             out.append(CellRecord(**d))
         return out
 
