@@ -62,7 +62,11 @@ def test_a_param_typo_exits_2_in_seconds_with_nothing_computed(tmp_path):
     "args, words",
     [
         (["-p", "lsp", "--seed", "-1"], "seed -1"),
-        (["-p", "lsp", "--param", "lsp.eps=1e9"], "impossible"),
+        (
+            ["-p", "lsp", "--param", "lsp.norm=1e9"],
+            "impossible",
+        ),  # in range, impossible for the data
+        (["-p", "lsp", "--param", "lsp.eps=1e9"], "outside its range (0, 1]"),
         (["--matrix", "benchmarks"], "is a folder"),
         (["-p", "lsp", "--metric", "best"], "unknown metric"),
         (["-p", "lsp", "--workers", "0"], "--workers is 0"),

@@ -83,7 +83,7 @@ def make_scale(args: argparse.Namespace) -> Scale:
         return Scale(
             device=args.device or "cpu", tiny=True, iterations=args.iterations or 3, warmup=1,
             repeats=args.repeats or 2, batch_size=16, train_per_class=20, test_images=32,
-            hider_iterations=4, share_levels=tuple(args.share or (2,)), share_iterations=3,
+            hider_iterations=4, share_levels=tuple(args.share or (2,)), share_iterations=12,
             budget_s=args.budget,
         )  # fmt: skip
     return Scale(

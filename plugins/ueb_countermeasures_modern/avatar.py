@@ -153,9 +153,8 @@ class Avatar(Countermeasure):
     @dataclass(frozen=True)
     class Params:
         model_dir: str = ""
-        t_star: int = bounded(
-            100, ge=1, le=1000
-        )  # of the model's 1000 steps, the official CIFAR-10 setting
+        # of the model's 1000 steps, the official CIFAR-10 setting; 0 leaves the images as they are
+        t_star: int = bounded(100, ge=0, le=1000)
         # 0: every step from t* down (DDPM ancestral); n: n evenly spaced steps
         reverse_steps: int = bounded(0, ge=0)
         batch_size: int = bounded(256, ge=1)
