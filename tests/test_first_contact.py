@@ -110,3 +110,47 @@ def test_debug_shows_where_a_plugin_failed_during_a_run(tmp_path):
         "Traceback (most recent call last)" in debug.stderr
         and 'raising.py", line 9' in debug.stderr
     )
+
+
+def test_on_an_80_column_terminal_lines_break_between_words_never_inside(tmp_path):
+    """A run's output on a terminal (a pseudo-terminal here, as tmux gives one): every line fits
+    80 columns and every number and timing stays whole."""
+    import os
+    import pty
+    import re
+    import select
+    import subprocess
+    import sys
+
+    from core_helpers import FIXTURES, REPO
+
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "COLUMNS": "80", "LINES": "50", "UEB_CACHE": str(tmp_path / "cache")}
+    env.pop("NO_COLOR", None)
+    cmd = [sys.executable, "-m", "ueb.cli", "--plugins-dir", str(FIXTURES), "run"]
+    cmd += ["-p", "random-noise", "-c", "identity,invert", "-v", "tiny", "--profile", "smoke"]
+    cmd += ["--run-dir", str(tmp_path / "a-run-directory-with-a-long-name" / "run")]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=secondary, stderr=secondary)
+    os.close(secondary)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([primary], [], [], 120)
+        if not ready:
+            break
+        try:
+            data = os.read(primary, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    os.close(primary)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    lines = [ln.rstrip() for ln in text.replace("\r", "\n").split("\n")]
+    assert proc.returncode == 0, text[-2000:]
+    assert all(len(ln) <= 80 for ln in lines), [ln for ln in lines if len(ln) > 80]
+    cell_lines = [ln for ln in lines if "final " in ln and "%" in ln]
+    assert cell_lines
+    for ln in lines:  # no line starts inside a number, a timing or an id
+        assert not re.match(r"^[.0-9]*[0-9]s\)|^\.[0-9]|^[0-9a-f]{2,9}\]", ln), ln

@@ -24,20 +24,27 @@ class Output:
         self.console = Console(emoji=False, highlight=False)
         self.err = Console(stderr=True, emoji=False, highlight=False)
 
+    # On a terminal, lines wrap at spaces (a terminal's own wrap cuts numbers and words in two);
+    # into a pipe or a file each message stays one line, whole, for grep and logs.
     def info(self, message: str) -> None:
         if not self.json_mode:
-            self.console.print(message, markup=False, soft_wrap=True)
+            self.console.print(message, markup=False, soft_wrap=not self.console.is_terminal)
 
     def log(self, message: str) -> None:
-        self.console.print(message, markup=False, soft_wrap=True)
+        self.console.print(message, markup=False, soft_wrap=not self.console.is_terminal)
 
     def warn(self, line: str) -> None:
         """A failure the user must see, also under --quiet (stderr)."""
         line = line.removeprefix("warning: ")
-        self.err.print(f"[bold yellow]warning:[/bold yellow] {escape(line)}", soft_wrap=True)
+        self.err.print(
+            f"[bold yellow]warning:[/bold yellow] {escape(line)}",
+            soft_wrap=not self.err.is_terminal,
+        )
 
     def error(self, line: str) -> None:
-        self.err.print(f"[bold red]error:[/bold red] {escape(line)}", soft_wrap=True)
+        self.err.print(
+            f"[bold red]error:[/bold red] {escape(line)}", soft_wrap=not self.err.is_terminal
+        )
 
     def raw(self, text: str) -> None:
         self.console.out(text, highlight=False, end="")
