@@ -32,7 +32,8 @@ def _start(tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def _children(pid: int) -> list[int]:
+def _live_processes(field: int, value: int) -> list[int]:
+    """Live (not zombie) processes whose /proc stat field `field` (1: parent, 2: group) is value."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -41,23 +42,17 @@ def _children(pid: int) -> list[int]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == pid and fields[0] != "Z":
+        if int(fields[field]) == value and fields[0] != "Z":
             found.append(int(entry.name))
     return found
 
 
+def _children(pid: int) -> list[int]:
+    return _live_processes(1, pid)
+
+
 def _group_alive(pgid: int) -> list[int]:
-    alive = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            alive.append(int(entry.name))
-    return alive
+    return _live_processes(2, pgid)
 
 
 def _wait_for(predicate, timeout: float, what: str):
