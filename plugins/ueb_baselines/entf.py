@@ -15,7 +15,7 @@ Sources and settings: docs/poisoners-surrogate.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,28 @@ class EntangledFeatures(Poisoner):
     """EntF-push / EntF-pull noise against an adversarially trained reference model, Linf 8/255."""
 
     version = "2"  # 2: reference model trained with crop (pad 4) + flip, as the official one
+    # CPU scale: the same algorithm with a fastnet reference model and fewer steps; quick poisons
+    # in about 71 s on 2 cores (the times and what they lower fastnet to: docs/poisoners.md).
+    # Paper: the official reference model, robust_eps 4/255 (utils/options.py, README), trained
+    # on crops (pad 4) and flips.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": {
+            "surrogate": "fastnet",
+            "reference_iterations": 20,
+            "reference_batch_size": 32,
+            "robust_steps": 2,
+            "steps": 4,
+            "tau": 0.5,
+        },
+        "quick": {
+            "surrogate": "fastnet",
+            "reference_iterations": 300,
+            "robust_steps": 3,
+            "steps": 10,
+            "tau": 0.4,
+        },
+        "paper": {"robust_eps": 4 / 255, "reference_crop_padding": 4},
+    }
 
     @dataclass(frozen=True)
     class Params:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -70,6 +70,9 @@ class LinearSeparablePerturbations(Poisoner):
     """Patch-wise noise from a per-class Gaussian cluster, L2 sqrt(C*H*W) * 6/255 by default."""
 
     version = "1"
+    # Paper: Sec. IV-A4, "AR and LSP use L2 = 1" (the official norm would be
+    # sqrt(3 * 32 * 32) * 6/255 = 1.304).
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": {"norm": 1.0}}
 
     @dataclass(frozen=True)
     class Params:

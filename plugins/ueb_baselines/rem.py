@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,26 @@ class RobustErrorMinimizing(Poisoner):
     """Robust error-minimizing sample-wise noise, Linf 8/255 against 4/255 adversarial training."""
 
     version = "1"
+    # CPU scale: the same algorithm with a fastnet surrogate and fewer steps; quick poisons in
+    # about 57 s on 2 cores (the times and what they lower fastnet to: docs/poisoners.md).
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": {
+            "surrogate": "fastnet",
+            "train_steps": 4,
+            "samples": 1,
+            "steps": 2,
+            "atk_steps": 1,
+            "batch_size": 64,
+        },
+        "quick": {
+            "surrogate": "fastnet",
+            "train_steps": 100,
+            "samples": 1,
+            "steps": 3,
+            "atk_steps": 2,
+            "step_size": 4 / 255,
+        },
+    }
 
     @dataclass(frozen=True)
     class Params:

@@ -13,7 +13,7 @@ here with ueb's Trainer and cached. Sources: docs/poisoners-surrogate.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,25 @@ class TargetedAdversarialPoisoning(Poisoner):
     """Class-targeted adversarial examples of a clean surrogate as poisons, Linf 8/255."""
 
     version = "1"
+    # CPU scale: the same algorithm with a fastnet surrogate and fewer steps; quick poisons in
+    # about 48 s on 2 cores (the times and what they lower fastnet to: docs/poisoners.md).
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": {
+            "surrogate": "fastnet",
+            "clean_iterations": 20,
+            "clean_batch_size": 32,
+            "steps": 4,
+            "restarts": 1,
+            "tau": 0.5,
+        },
+        "quick": {
+            "surrogate": "fastnet",
+            "clean_iterations": 400,
+            "steps": 10,
+            "restarts": 1,
+            "tau": 0.4,
+        },
+    }
 
     @dataclass(frozen=True)
     class Params:

@@ -149,6 +149,29 @@ class Avatar(Countermeasure):
 
     stage: ClassVar[Stage] = "data"
     version: ClassVar[str] = "2"  # 2: the DDPM trains on clean data, never on the poisoned set
+    # CPU scale: a small score model trained for a few hundred steps, fewer reverse steps.
+    # Paper: the official CIFAR-10 score model (ScoreSDE) was trained on the clean CIFAR-10
+    # training set; a run builds only declared plugins, so the clean source is named.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": {
+            "reverse_steps": 1,
+            "train_steps": 3,
+            "train_batch_size": 16,
+            "channels": (8, 16),
+            "layers_per_block": 1,
+            "attention_levels": (),
+        },
+        "quick": {
+            "train_steps": 200,
+            "train_batch_size": 64,
+            "channels": (16, 32),
+            "layers_per_block": 1,
+            "attention_levels": (),
+            "reverse_steps": 2,
+            "batch_size": 500,
+        },
+        "paper": {"clean_source": "cifar10", "clean_split": "train"},
+    }
 
     @dataclass(frozen=True)
     class Params:

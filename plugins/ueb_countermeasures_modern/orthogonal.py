@@ -84,6 +84,7 @@ class OrthogonalProjection(Countermeasure):
 
     stage: ClassVar[Stage] = "data"
     version: ClassVar[str] = "1"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {"epochs": 2}}
 
     @dataclass(frozen=True)
     class Params:

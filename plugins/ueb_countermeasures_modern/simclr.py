@@ -73,6 +73,21 @@ class SimCLR(Countermeasure):
 
     stage: ClassVar[Stage] = "protocol"
     version: ClassVar[str] = "1"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": {
+            "pretrain_steps": 3,
+            "batch_size": 32,
+            "linear_steps": 5,
+            "linear_batch_size": 32,
+            "probe_augment": False,
+        },
+        "quick": {
+            "pretrain_steps": 100,
+            "batch_size": 256,
+            "linear_steps": 200,
+            "probe_augment": False,
+        },
+    }
 
     @dataclass(frozen=True)
     class Params:

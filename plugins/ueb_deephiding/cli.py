@@ -18,7 +18,7 @@ ProfileOpt = Annotated[
     typer.Option(
         "--profile",
         "-p",
-        help="Profile name or .toml path (its [plugins.deephiding] scale applies)",
+        help="Profile name or .toml path (its scale presets and [plugins.deephiding] apply)",
     ),
 ]
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Registered dataset name")]
@@ -51,6 +51,12 @@ def _parse_kv(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def _scale_settings(registry: Any, prof: Any, kind: str, name: str) -> dict[str, Any]:
+    """What a run at this profile gives the plugin: its `presets[scale]` < the profile's table."""
+    presets = getattr(registry.get(kind, name).load_class(), "presets", {}) or {}
+    return {**presets.get(prof.scale or prof.name, {}), **prof.plugin_params(name)}
+
+
 def _setup(
     profile: str,
     dataset: str,
@@ -70,9 +76,10 @@ def _setup(
 
     prof = load_profile(profile)
     registry = get_registry()
-    values = {**prof.plugin_params(poisoner), **_parse_kv(params)}
+    values = {**_scale_settings(registry, prof, "poisoner", poisoner), **_parse_kv(params)}
     dh = registry.create("poisoner", poisoner, values)
-    splits = registry.create("dataset", dataset, prof.plugin_params(dataset)).load(data_root)
+    dataset_params = _scale_settings(registry, prof, "dataset", dataset)
+    splits = registry.create("dataset", dataset, dataset_params).load(data_root)
     train = splits.train.first_per_class(prof.data.train_per_class)
     progress = Progress()
     ctx = RunContext(

@@ -92,7 +92,13 @@ class DeepHiding(Poisoner):
     Params = DeepHidingParams
     # CPU scale. Smoke: a two-block hider trained long enough (80 steps at the paper's batch
     # of 24, lr 3e-3) that its perturbation carries the hidden image, so DH(S) is sample-wise
-    # in substance and LFC is in balance (docs/deephiding.md, "LFC balance").
+    # in substance and LFC is in balance (docs/deephiding.md, "LFC balance"). Quick: the paper's
+    # algorithm and losses, a 2-block hider trained for 600 steps (paper: 16 blocks, 5,000
+    # steps; docs/deephiding.md); lr 1e-3 because 10^-4.5 barely moves in 600 steps, and the
+    # rollback guard handles HiNet's occasional blow-ups. Paper: the semantic images come from
+    # SIG's diffusion backend, the paper's generator (Sec. III-B3: Stable Diffusion + canny
+    # ControlNet); nothing is downloaded, so sig_sd_dir and sig_controlnet_dir name local
+    # folders, or sig_backend=offline picks the offline approximation (docs/sig.md).
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {
             "hidden": "next-class",
@@ -117,6 +123,7 @@ class DeepHiding(Poisoner):
             "extractor_iterations": 100,
             "checkpoint_every": 100,
         },
+        "paper": {"sig_backend": "diffusers"},
     }
 
     def __init__(self, params: Any = None, name: str | None = None) -> None:

@@ -10,7 +10,7 @@ and no max-pool; at 224x224 torchvision's 7x7 stride-2 conv plus max-pool. `grow
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ueb.interfaces import Victim
 from ueb.params import bounded
@@ -21,6 +21,10 @@ class DenseNet121(Victim):
     """DenseNet-121: torchvision's DenseNet(32, (6, 12, 24, 16), 64) with a CIFAR stem at 32x32."""
 
     version: ClassVar[str] = "1"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": {"growth_rate": 4},
+        "quick": {"growth_rate": 4},
+    }
 
     @dataclass(frozen=True)
     class Params:

@@ -10,7 +10,7 @@ narrow surrogate or CPU victim keeps the architecture and changes only the scale
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ueb.interfaces import Victim
 from ueb.params import bounded
@@ -86,6 +86,8 @@ class ResNet18(_ResNetVictim):
     version: ClassVar[str] = "1"
     block = "basic"
     layers = (2, 2, 2, 2)
+    # CPU scale: 8 channels in the first stage instead of 64.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {"width": 8}, "quick": {"width": 8}}
 
 
 class ResNet50(_ResNetVictim):
@@ -94,3 +96,5 @@ class ResNet50(_ResNetVictim):
     version: ClassVar[str] = "1"
     block = "bottleneck"
     layers = (3, 4, 6, 3)
+    # CPU scale: 4 channels in the first stage instead of 64.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {"width": 4}, "quick": {"width": 4}}

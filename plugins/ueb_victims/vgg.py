@@ -11,7 +11,7 @@ victims and surrogates.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from ueb.interfaces import Victim
 from ueb.params import bounded
@@ -22,6 +22,7 @@ class VGG19(Victim):
     """VGG-19-BN: torchvision cfg "E"; a linear classifier on the 512 features at 32x32."""
 
     version: ClassVar[str] = "1"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {"width": 8}, "quick": {"width": 16}}
 
     @dataclass(frozen=True)
     class Params:

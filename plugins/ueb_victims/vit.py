@@ -10,7 +10,7 @@ the Classifier's. At 224x224 the patch defaults to 16 (ViT-B/16's tokenisation).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ueb.interfaces import Victim
 from ueb.params import bounded
@@ -21,6 +21,10 @@ class ViT(Victim):
     """ViT with patch 4, depth 6, width 512, 8 heads, MLP 512 at 32x32 (all parameters)."""
 
     version: ClassVar[str] = "1"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": {"depth": 2, "width": 32, "heads": 4, "mlp_dim": 64},
+        "quick": {"depth": 4, "width": 64, "heads": 4, "mlp_dim": 128},
+    }
 
     @dataclass(frozen=True)
     class Params:
