@@ -286,11 +286,11 @@ def _check_configurations(frame: pd.DataFrame, by: list[str]) -> None:
             values = sorted(group[column].astype(str).unique())
             if len(values) > 1:
                 shown = ", ".join(f"{k}={v}" for k, v in zip(keys, _as_tuple(key), strict=True))
+                also = f" or pass by=[..., '{column}']" if column == "setting" else ""
                 raise ConfigError(
                     f"{shown} holds records of {len(values)} configurations "
                     f"({column} {', '.join(values[:4])}), which are never pooled",
-                    f"filter the frame first (frame[frame.{column} == '{values[0]}']) "
-                    f"or pass by=[..., '{column}']",
+                    f"filter the frame first (frame[frame.{column} == '{values[0]}']){also}",
                 )
 
 
