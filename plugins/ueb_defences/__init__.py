@@ -52,3 +52,11 @@ def register_countermeasures(register):
         family="schedule",
         hidden_from_all=True,  # `-c all` stays the main job's 21 columns
     )
+    register(
+        "eclipse",
+        "ueb_defences.eclipse:Eclipse",
+        summary="ECLIPSE (Wang et al., ESORICS'24): DDPM trained on a sparse 4% clean set, diffuse to t*=100/4000 and denoise, then grayscale p 0.4 + noise 0.05; clean-data track",
+        stage="protocol",
+        family="purification",
+        hidden_from_all=True,  # `-c all` stays the main job's 21 columns
+    )
