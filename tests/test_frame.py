@@ -302,3 +302,18 @@ def test_load_reads_the_facts_a_researcher_filters_on(tmp_path):
     assert frame["error"].tolist() == [pd.NA, pd.NA, pd.NA, "boom"]
     assert math.isnan(frame["final_acc"].iloc[3]) and frame["run"].iloc[0] == "facts"
     assert frame["poisoner_params"].iloc[0] == {"eps": 8}
+
+
+def test_the_notebook_example_of_the_docs_runs(runs, capsys):
+    docs = (Path(__file__).parent.parent / "docs" / "analysis.md").read_text()
+    section = docs.split("## In a notebook", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) == 6
+    given = f'"{runs / "runs/first"}", "{runs / "runs/second"}"'
+    code = code.replace('"runs/quick-XXXX", "runs/quick-YYYY"', given)
+    assert given in code
+    exec(compile(code, "docs/analysis.md", "exec"), {})
+    printed = capsys.readouterr().out
+    table = F.table_one(F.load(runs / "runs/first"))
+    lsp_mean = table.loc[("fashion-mnist", "fastnet", "lsp", 1.0, "Mean"), "mean"]
+    assert "| lsp " in printed and f"{lsp_mean:.2f}".rstrip("0").rstrip(".") in printed
