@@ -379,7 +379,7 @@ def table_one(
 
     One row per table row (`by`: dataset, victim, poisoner, poison fraction) and column (each
     countermeasure, then `Mean` and `Max` over the countermeasures), indexed by
-    `[*by, "countermeasure"]`; `frame_one["mean"].unstack("countermeasure")` is the table.
+    `[*by, "countermeasure"]`; `table_one(frame)["mean"].unstack("countermeasure")` is the table.
     Columns: `mean`, `std` (sample, n-1), `n` (seeds), `ci95` (the half-width of the 95%
     Student-t interval, NaN below two seeds; in the nested design t(0.975, P-1) x the standard
     error from the P poison means), `resolved` (ci95 at most 5 points), `errors` (failed
@@ -403,7 +403,7 @@ def table_one(
             "use final_acc, peak_acc or another float column",
         )
     rows = frame.drop_duplicates("cell_id") if "cell_id" in frame.columns else frame
-    _check_configurations(rows, [k for k in by if k in rows.columns])
+    _check_configurations(rows, by)
     present = set(rows["countermeasure"].astype(str))
     order = (
         [str(c) for c in rows["countermeasure"].cat.categories]
