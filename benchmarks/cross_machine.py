@@ -5,9 +5,11 @@ oneDNN may use, the memory layout of convolutions. This script runs a fixed cell
 row, DH(C) and two class-wise calibration controls, under vanilla training and JPEG-10) once
 with the default numerics and once under each perturbation, each in a cache of its own (so
 nothing is reused between them), and reports per cell whether the perturbed mean lies inside
-the default run's 95% t-interval.
+the default run's 95% t-interval, and (the fairer test, since the perturbed mean is as noisy
+as the default's) whether the difference of the two means lies inside its 95% Welch interval.
 
     python benchmarks/cross_machine.py [--profile quick] [--out DIR] [--workers 2]
+        [--default-cache DIR]   # the default numerics' cells from an existing cache (a main job)
 
 Perturbations: `threads-2` (two intra-op threads per process), `isa-avx2`
 (ONEDNN_MAX_CPU_ISA=AVX2), `contiguous` (channels_last off). A cell whose perturbed mean
@@ -77,7 +79,10 @@ def _toml(data: dict[str, Any]) -> str:
 def run_variant(name: str, spec: dict[str, Any], args: argparse.Namespace) -> Path:
     folder = args.out / name
     profile = profile_variant(args.profile, spec.get("training", {}), folder)
-    env = {**os.environ, **spec.get("env", {}), "UEB_CACHE": str(folder / "cache")}
+    cache = folder / "cache"
+    if name == "default" and args.default_cache is not None:
+        cache = args.default_cache  # cells of the same profile and numerics, reused exactly
+    env = {**os.environ, **spec.get("env", {}), "UEB_CACHE": str(cache)}
     cmd = [sys.executable, "-m", "ueb.cli", "run", "-p", POISONERS, "-c", COUNTERMEASURES]
     cmd += ["--profile", profile, "--run-dir", str(folder / "run"), "-q"]
     cmd += ["--workers", str(args.workers)]
@@ -99,6 +104,8 @@ def cells(run_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def compare(default: dict, perturbed: dict[str, dict]) -> list[dict[str, Any]]:
+    from ueb.stats import difference_half_width
+
     rows = []
     for key, base in default.items():
         mean, hw = base.get("mean"), base.get("ci95")
@@ -107,27 +114,52 @@ def compare(default: dict, perturbed: dict[str, dict]) -> list[dict[str, Any]]:
             "countermeasure": key[1],
             "default": mean,
             "ci95": hw,
+            "values": _values(base),
         }
         for name, cellset in perturbed.items():
-            other = cellset.get(key, {}).get("mean")
+            cell = cellset.get(key, {})
+            other = cell.get("mean")
             inside = (
                 None if mean is None or hw is None or other is None else abs(other - mean) <= hw
             )
-            row[name] = {"mean": other, "inside": inside}
+            welch = (
+                None
+                if mean is None or other is None
+                else difference_half_width(base.get("std"), base.get("n") or 0,
+                                           cell.get("std"), cell.get("n") or 0)
+            )  # fmt: skip
+            row[name] = {
+                "mean": other,
+                "values": _values(cell),
+                "inside": inside,
+                "difference_hw": welch,
+                "difference_inside": None if welch is None else abs(other - mean) <= welch,
+            }
         rows.append(row)
     return rows
 
 
+def _values(cell: dict[str, Any]) -> list[float]:
+    return [p["value"] for p in cell.get("per_seed") or []]
+
+
 def markdown(rows: list[dict[str, Any]], names: list[str], header: str) -> str:
-    out = [header, "", "| cell | default (95% CI) | " + " | ".join(names) + " |"]
+    out = [
+        header,
+        "",
+        "Each perturbed cell: its mean (inside the default's 95% t-interval? / difference",
+    ]
+    out += ["inside its 95% Welch interval?).", ""]
+    out += ["| cell | default (95% CI) | " + " | ".join(names) + " |"]
     out.append("|---|---:|" + "---:|" * len(names))
     for r in rows:
         base = "-" if r["default"] is None else f"{r['default']:.2f} ± {r['ci95'] or 0:.2f}"
         parts = []
         for n in names:
             got = r[n]
-            mark = {True: "in", False: "**OUT**", None: "?"}[got["inside"]]
-            parts.append("-" if got["mean"] is None else f"{got['mean']:.2f} ({mark})")
+            mark = {True: "in", False: "**out**", None: "?"}[got["inside"]]
+            welch = {True: "in", False: "**out**", None: "?"}[got["difference_inside"]]
+            parts.append("-" if got["mean"] is None else f"{got['mean']:.2f} ({mark} / {welch})")
         out.append(
             f"| {r['poisoner']} / {r['countermeasure']} | {base} | " + " | ".join(parts) + " |"
         )
@@ -140,6 +172,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/cross-machine"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", help="comma list of perturbations (default: all)")
+    ap.add_argument(
+        "--default-cache",
+        type=Path,
+        help="UEB_CACHE whose cells serve the default numerics (e.g. the main job's)",
+    )
     args = ap.parse_args()
     args.out = args.out.resolve()
     names = [n for n in PERTURBATIONS if n != "default"]

@@ -82,6 +82,29 @@ def test_schedule_steps_per_iteration():
     assert opt.param_groups[0]["momentum"] == 0.9 and opt.param_groups[0]["weight_decay"] == 5e-4
 
 
+def test_cosine_schedule_anneals_to_zero_and_ignores_milestones():
+    import math
+
+    model = torch.nn.Linear(2, 2)
+    cfg = _cfg(lr=0.1, iterations=8, schedule="cosine", milestones=(3, 5), gamma=0.1)
+    opt, sched = Trainer(cfg, device="cpu").optimizer(model.parameters())
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [0.05 * (1 + math.cos(math.pi * t / 8)) for t in range(8)]
+    assert lrs == pytest.approx(expected)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # after the last step
+
+
+def test_schedule_is_part_of_the_protocol(tiny_set):
+    step, _ = _train(0, tiny_set)
+    cosine, _ = _train(0, tiny_set, schedule="cosine")
+    assert step.extra["protocol"]["schedule"] == "step"
+    assert cosine.extra["protocol"]["schedule"] == "cosine"
+
+
 def test_hooks_see_every_batch_and_define_the_loss(tiny_set):
     class Recorder:
         def __init__(self) -> None:

@@ -30,6 +30,9 @@ class TrainingConfig:
     momentum: float = bounded(0.9, ge=0, lt=1)
     weight_decay: float = bounded(5e-4, ge=0)
     nesterov: bool = False
+    # "step": lr x gamma at each milestone (the paper's); "cosine": annealed to zero over the
+    # run (milestones and gamma unused), which ends every seed at the same learning rate.
+    schedule: Literal["step", "cosine"] = "step"
     milestones: tuple[int, ...] = bounded((16_000, 32_000), ge=1)
     gamma: float = bounded(0.1, gt=0, le=1)
     crop_padding: int = bounded(4, ge=0)

@@ -125,7 +125,7 @@ class Trainer:
     def optimizer(
         self, params: list[torch.nn.Parameter] | object
     ) -> tuple[torch.optim.Optimizer, object]:
-        """SGD with momentum and weight decay, and a step schedule counted in iterations."""
+        """SGD with momentum and weight decay, and a schedule counted in iterations."""
         cfg = self.cfg
         opt = torch.optim.SGD(
             params,  # type: ignore[arg-type]
@@ -134,9 +134,15 @@ class Trainer:
             weight_decay=cfg.weight_decay,
             nesterov=cfg.nesterov,
         )
-        sched = torch.optim.lr_scheduler.MultiStepLR(
-            opt, milestones=list(cfg.milestones), gamma=cfg.gamma
-        )
+        sched: object
+        if cfg.schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+                opt, T_max=cfg.iterations, eta_min=0.0
+            )
+        else:
+            sched = torch.optim.lr_scheduler.MultiStepLR(
+                opt, milestones=list(cfg.milestones), gamma=cfg.gamma
+            )
         return opt, sched
 
     def batches(self, n: int, gen: torch.Generator) -> Iterator[torch.Tensor]:

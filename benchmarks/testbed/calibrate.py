@@ -144,6 +144,24 @@ CANDIDATES: dict[str, Candidate] = {
         train_per_class=200,
         training=steps(900),
     ),
+    # End-state study (docs/testbed.md): the chosen default's data and victim, evaluated every
+    # 50 steps so that a metric over the last evaluations can be read off the same cells, under
+    # the step schedule, cosine annealing to zero, and a three times longer cosine run.
+    "300pc-600-e50": Candidate(
+        "the quick default (300 per class, 600 steps, step schedule), evaluated every 50 steps",
+        train_per_class=300,
+        training={**steps(600), "eval_every": 50, "channels_last": True},
+    ),
+    "300pc-600-cos": Candidate(
+        "300 per class, 600 steps, cosine annealed to zero, evaluated every 50 steps",
+        train_per_class=300,
+        training={**steps(600), "schedule": "cosine", "eval_every": 50, "channels_last": True},
+    ),
+    "300pc-1800-cos": Candidate(
+        "300 per class, 1800 steps, cosine annealed to zero, evaluated every 150 steps",
+        train_per_class=300,
+        training={**steps(1800), "schedule": "cosine", "eval_every": 150, "channels_last": True},
+    ),
 }
 
 
@@ -361,6 +379,60 @@ def table() -> str:
     return "\n".join(lines) + "\n"
 
 
+END_STATE = ("300pc-600-e50", "300pc-600-cos", "300pc-1800-cos")
+TAIL = 4  # evaluations averaged by the tail metric (the last quarter of a 600-step run at 50)
+
+
+def end_state_metrics(cell: dict[str, Any]) -> dict[str, float]:
+    """One cell's candidate end-state metrics, read off its evaluation history."""
+    accs = [h["acc"] for h in cell["history"]]
+    return {
+        "final": accs[-1],
+        "tail": statistics.fmean(accs[-TAIL:]),
+        "peak": max(accs),
+        "drop": max(accs) - accs[-1],
+    }
+
+
+def _interval(values: list[float]) -> str:
+    from ueb.stats import half_width
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:.2f}"
+    sd = statistics.stdev(values)
+    return f"{mean:.2f} ± {half_width(sd, len(values)):.2f} ({sd:.2f})"
+
+
+def end_state() -> str:
+    """Markdown: per end-state candidate and control, each metric's mean, std and 95% t
+    half-width over the seeds run (ueb.stats), so the protocol is chosen by the controls."""
+    lines = [
+        "| candidate | poison | n | final: mean ± 95% (std) | last-4 mean: mean ± 95% (std) "
+        "| peak - final (mean) | CPU s/cell |",
+        "|---|---|---:|---|---|---:|---:|",
+    ]
+    for name in END_STATE:
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        doc = json.loads(path.read_text())
+        for p in CONTROLS:
+            cells = [c for c in doc["cells"] if c["poisoner"] == p]
+            if not cells:
+                continue
+            metrics = [end_state_metrics(c) for c in cells]
+            n = len(cells)
+            summary = {key: _interval([m[key] for m in metrics]) for key in ("final", "tail")}
+            drop = statistics.fmean(m["drop"] for m in metrics)
+            cpu = statistics.median(c["cpu_seconds"] for c in cells)
+            lines.append(
+                f"| {name} | {p} | {n} | {summary['final']} | {summary['tail']} "
+                f"| {drop:.1f} | {cpu:.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -371,8 +443,14 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     r.add_argument("--poisoners", nargs="+", default=list(CONTROLS), choices=CONTROLS)
     sub.add_parser("table", help="write results/table.md from results/*.json")
+    sub.add_parser("end-state", help="write results/end_state.md (the end-state candidates)")
     args = ap.parse_args(argv)
     os.environ.setdefault("UEB_PLUGINS", "ueb")
+    if args.command == "end-state":
+        text = end_state()
+        (RESULTS / "end_state.md").write_text(text)
+        sys.stdout.write(text)
+        return
     if args.command == "run":
         run(args.candidates, args.seeds, args.poisoners)
     text = table()
