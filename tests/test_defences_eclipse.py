@@ -278,3 +278,105 @@ def test_smoke_run_through_the_cli(tmp_path, monkeypatch):
     assert extra["eclipse_changed_pixels"] > 0.5
     assert extra["eclipse_model"].startswith("trained-on-sparse:")
     assert math.isfinite(record["final_acc"])
+
+
+# --------------------------------------------------------------------------- official checkpoint
+
+SMALL = {"channels": (32, 64, 64, 64), "layers_per_block": 3, "attention_levels": (1, 2)}
+
+
+def official_state(unet) -> dict[str, torch.Tensor]:
+    """A diffusers U-Net's weights under improved-diffusion's names (the inverse renaming)."""
+    from ueb_defences.eclipse_checkpoint import _RES, HEADS, official_layout
+
+    sd = unet.state_dict()
+    out = {}
+    for src, dst, kind in official_layout(SMALL["channels"], 3, SMALL["attention_levels"]):
+        if kind == "res":
+            for a, b in _RES:
+                for part in ("weight", "bias"):
+                    if f"{dst}.{b}.{part}" in sd:
+                        out[f"{src}.{a}.{part}"] = sd[f"{dst}.{b}.{part}"]
+        elif kind == "attn":
+            for part in ("weight", "bias"):
+                out[f"{src}.norm.{part}"] = sd[f"{dst}.group_norm.{part}"]
+                q, k, v = (sd[f"{dst}.to_{n}.{part}"] for n in "qkv")
+                heads = [t.reshape(HEADS, -1, *t.shape[1:]) for t in (q, k, v)]
+                fused = torch.stack(heads, 1).reshape(3 * q.shape[0], *q.shape[1:])
+                out[f"{src}.qkv.{part}"] = fused.unsqueeze(-1) if part == "weight" else fused
+            out[f"{src}.proj_out.weight"] = sd[f"{dst}.to_out.0.weight"].unsqueeze(-1)
+            out[f"{src}.proj_out.bias"] = sd[f"{dst}.to_out.0.bias"]
+        else:
+            for part in ("weight", "bias"):
+                out[f"{src}.{part}"] = sd[f"{dst}.{part}"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_official(tmp_path_factory):
+    from ueb_defences.eclipse_checkpoint import build_unet
+
+    torch.manual_seed(0)
+    unet = build_unet(32, 3, SMALL["channels"], 3, SMALL["attention_levels"], 0.0).eval()
+    with torch.no_grad():
+        for w in unet.parameters():
+            w.normal_(0, 0.05)  # the zero-initialised output layers too
+    file = tmp_path_factory.mktemp("official") / "ema_0.9999_250000.pt"
+    state = official_state(unet)
+    torch.save(state, file)
+    return unet, state, file
+
+
+def test_official_layout_is_improved_diffusions(small_official):
+    import hashlib
+
+    _, state, _ = small_official
+    text = "\n".join(f"{k} {tuple(v.shape)}" for k, v in sorted(state.items()))
+    # names and shapes of improved-diffusion's UNetModel(model_channels=32, num_res_blocks=3,
+    # attention_resolutions=(2, 4), channel_mult=(1, 2, 2, 2), num_heads=4, learn_sigma)
+    assert len(state) == 446
+    assert hashlib.sha256(text.encode()).hexdigest()[:16] == "8056b009e98a495a"
+
+
+def test_official_checkpoint_loads_with_rescaled_timesteps(small_official):
+    from ueb_defences.eclipse_checkpoint import load_official
+
+    unet, _, file = small_official
+    loaded, scheduler = load_official(str(file), image_size=32, in_channels=3, steps=4000,
+                                      schedule="cosine", **SMALL)  # fmt: skip
+    assert scheduler.config.variance_type == "learned_range" and scheduler.config.clip_sample
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([99, 99])
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(x, t).sample, unet(x, t.float() / 4).sample, atol=1e-6)
+
+
+def test_official_checkpoint_errors_are_one_line(small_official, tmp_path):
+    from ueb_defences.eclipse_checkpoint import load_official
+
+    _, state, _ = small_official
+    kw = {"image_size": 32, "in_channels": 3, "steps": 4000, "schedule": "cosine", **SMALL}
+    broken = dict(state)
+    del broken["middle_block.1.qkv.weight"]
+    torch.save(broken, tmp_path / "missing.pt")
+    with pytest.raises(ConfigError, match="middle_block.1.qkv.weight") as err:
+        load_official(str(tmp_path / "missing.pt"), **kw)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="is .*the network's"):
+        load_official(str(small_official[2]), **{**kw, "channels": (64, 128, 128, 128)})
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_official(str(tmp_path / "junk.pt"), **kw)
+    with pytest.raises(ConfigError, match="checkpoint"):
+        eclipse({"checkpoint": str(tmp_path / "nowhere.pt")}).preflight()
+    with pytest.raises(ConfigError, match="both"):
+        eclipse({"checkpoint": str(small_official[2]), "model_dir": str(tmp_path)}).preflight()
+
+
+def test_purifies_with_the_official_checkpoint_at_its_own_t_star(small_official, tmp_path):
+    _, _, file = small_official
+    cm = eclipse({"checkpoint": str(file), "reverse_steps": 2, **SMALL})
+    cm.preflight()
+    data = make_imageset(per_class=2, num_classes=2, size=16)
+    out = cm.purified(data, make_run_context(tmp_path, seed=0))
+    assert cm.model_step == 100 and cm.model_source.startswith("checkpoint:")
+    assert out.images.shape == data.images.shape and not torch.equal(out.images, data.images)

@@ -14,7 +14,8 @@ Diffusion Purification" (ESORICS 2024, arXiv 2406.15093); official code CGCL-cod
    improved-diffusion U-Net, 128 channels, 3 residual blocks per level, attention at 16x16 and
    8x8, dropout 0.3, lr 1e-4, batch 128, EMA 0.9999). It is trained by AVATAR's DDPM trainer
    (`ueb_countermeasures_modern.avatar`), an artifact keyed by the sparse set, seed and
-   settings. A local diffusers DDPM folder in `model_dir` replaces the training.
+   settings. The official checkpoint (`checkpoint`, an improved-diffusion file, converted by
+   `eclipse_checkpoint.py`) or a local diffusers DDPM folder (`model_dir`) replaces it.
 4. **Diffuse and denoise** (Eq. 11-12, Algorithm 1 lines 11-23): every poisoned image x_p gets
    x_t* = sqrt(a(t*)) x_p + sqrt(1 - a(t*)) eps in one draw and the model's reverse chain runs
    back to 0 (AVATAR's `purify`). The official noise level is t* = 100 of a 4,000-step cosine
@@ -137,7 +138,8 @@ class Eclipse(Countermeasure):
 
     @dataclass(frozen=True)
     class Params:
-        model_dir: str = ""  # a local diffusers DDPM folder; "": train one on the sparse set
+        checkpoint: str = ""  # the official improved-diffusion file (ema_0.9999_250000.pt)
+        model_dir: str = ""  # a local diffusers DDPM folder; both "": train one on the sparse set
         clean_source: str = ""  # a dataset plugin; "": the training set's own dataset
         clean_split: Literal["test", "train"] = "test"
         sparse_fraction: float = bounded(0.04, gt=0, le=1)  # B / N
@@ -181,7 +183,18 @@ class Eclipse(Countermeasure):
         return 3.0
 
     def preflight(self) -> None:
-        path = self.params.model_dir
+        p = self.params
+        if p.checkpoint and p.model_dir:
+            raise ConfigError(
+                f"{self.name}: both checkpoint and model_dir are set",
+                "set one of them: checkpoint for the official .pt file, model_dir for a diffusers folder",
+            )
+        if p.checkpoint and not Path(p.checkpoint).expanduser().is_file():
+            raise ConfigError(
+                f"{self.name}: checkpoint '{p.checkpoint}' is not a file",
+                "set checkpoint to ECLIPSE's official ema_0.9999_250000.pt (from the authors' README), or to '' to train a DDPM on the sparse clean set",
+            )
+        path = p.model_dir
         if path and not Path(path).expanduser().is_dir():
             raise ConfigError(
                 f"{self.name}: model_dir '{path}' is not a folder",
@@ -190,11 +203,14 @@ class Eclipse(Countermeasure):
 
     def input_identity(self) -> dict[str, Any]:
         p = self.params
+        if p.checkpoint:
+            stat = Path(p.checkpoint).expanduser().stat()
+            return {"checkpoint": [p.checkpoint, stat.st_size, int(stat.st_mtime)]}
         return {"model_dir": _folder_identity(p.model_dir)} if p.model_dir else {}
 
     def requires(self) -> list[Requirement]:
         p = self.params
-        if p.model_dir or p.t_star == 0 or not p.clean_source:
+        if p.checkpoint or p.model_dir or p.t_star == 0 or not p.clean_source:
             return []
         return [Requirement("dataset", p.clean_source)]
 
@@ -243,6 +259,20 @@ class Eclipse(Countermeasure):
         from ueb_countermeasures_modern.avatar import Avatar, load_ddpm
 
         p = self.params
+        if p.checkpoint:
+            from .eclipse_checkpoint import OFFICIAL_IMAGE_SIZE, load_official
+
+            self.model_source = f"checkpoint:{p.checkpoint}"
+            return load_official(
+                p.checkpoint,
+                image_size=OFFICIAL_IMAGE_SIZE,
+                in_channels=train.channels,
+                channels=tuple(p.channels),
+                layers_per_block=p.layers_per_block,
+                attention_levels=tuple(p.attention_levels),
+                steps=p.reference_steps,
+                schedule=p.reference_schedule,
+            )
         if p.model_dir:
             self.model_source = f"model_dir:{p.model_dir}"
             return load_ddpm(p.model_dir)
