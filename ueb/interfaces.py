@@ -7,6 +7,10 @@ Every implementation, built-in or third-party, subclasses one of these and decla
 The registry gives each instance its registered `name` (one class may be registered under
 several names with different default parameters, e.g. DH(C) and DH(S)).
 
+The interfaces are generic over the Params type, so that `self.params` is typed in a plugin
+that names it (`class Blur(Countermeasure["Blur.Params"])`, or a module-level dataclass); a
+plain `class Blur(Countermeasure)` works as before, its `self.params` typed `Any`.
+
 This module does not import torch, so listing plugins stays fast.
 """
 
@@ -17,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar, cast
 
 if TYPE_CHECKING:
     import torch
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
     from ueb.imageset import ImageSet
     from ueb.profile import TrainingConfig
     from ueb.progress import Progress
+    from ueb.training import Trainer
 
 
 @dataclass(frozen=True)
@@ -43,25 +48,33 @@ class Requirement:
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
-class Plugin(ABC):  # noqa: B024 (abstract per kind below)
+@dataclass(frozen=True)
+class NoParams:
+    """The Params of a plugin that takes none."""
+
+
+# The frozen dataclass a plugin's `Params` is; `Any` where a subclass does not name it.
+P = TypeVar("P")
+
+
+class Plugin(ABC, Generic[P]):  # noqa: B024 (abstract per kind below)
     """Common base: a name given by the registry, a version, typed parameters.
 
-    `presets` are scale settings a plugin ships for the profiles (`{"smoke": {...}, "quick":
-    {...}, "paper": {...}}`); they sit under the profile's `[plugins.NAME]` table and the
-    user's parameters, so a third-party plugin gets CPU-scale settings without editing a
-    profile.
+    `Params` is the plugin's frozen dataclass of parameters (a nested class or an assigned
+    module-level one); `params` is an instance of it. `presets` are scale settings a plugin
+    ships for the profiles (`{"smoke": {...}, "quick": {...}, "paper": {...}}`); they sit
+    under the profile's `[plugins.NAME]` table and the user's parameters, so a plugin gets
+    CPU-scale settings without editing a profile.
     """
 
     kind: ClassVar[str] = "plugin"
     version: ClassVar[str] = "1"
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    Params: ClassVar[type[Any]] = NoParams
+    params: P
 
-    @dataclass(frozen=True)
-    class Params:
-        pass
-
-    def __init__(self, params: Any = None, name: str | None = None) -> None:
-        self.params = params if params is not None else self.Params()
+    def __init__(self, params: P | None = None, name: str | None = None) -> None:
+        self.params = params if params is not None else cast(P, self.Params())
         self.name = name or type(self).__name__.lower()
 
     def describe(self) -> str:
@@ -71,7 +84,7 @@ class Plugin(ABC):  # noqa: B024 (abstract per kind below)
         """Plugins this one builds through `ctx.plugin` (resolved and hashed by the plan)."""
         return []
 
-    def bind(self, training: TrainingConfig) -> Any:
+    def bind(self, training: TrainingConfig) -> P:
         """This plugin's Params with settings that depend on the run filled in.
 
         The plan calls it once; what it returns is what is hashed, stored and printed. A
@@ -149,7 +162,7 @@ class Budget:
         return f"L2 {self.eps:.4g}"
 
 
-class Poisoner(Plugin):
+class Poisoner(Plugin[P]):
     """Turns a clean training set into an unlearnable one (labels unchanged)."""
 
     kind: ClassVar[str] = "poisoner"
@@ -228,7 +241,11 @@ class TrainResult:
 
 
 class Fitter(Protocol):
-    """What a countermeasure's `fit` receives: ueb.training.Trainer, configured for the run."""
+    """The part of ueb.training.Trainer that a protocol needing only whole trainings uses.
+
+    `Countermeasure.fit` receives the Trainer itself, configured for the run, so a protocol
+    that writes its own loop may use its building blocks too (`prepare_model`, `batches`, ...).
+    """
 
     def fit(
         self,
@@ -264,7 +281,7 @@ class ThreatModel:
         return [label for key, label in names.items() if getattr(self, key)]
 
 
-class Countermeasure(Plugin):
+class Countermeasure(Plugin[P]):
     """What an unauthorised trainer does to learn from protected data anyway.
 
     One interface serves the three kinds without special cases in the runner:
@@ -297,7 +314,7 @@ class Countermeasure(Plugin):
         return batch.loss(model(batch.x))
 
     def fit(
-        self, model: nn.Module, train: ImageSet, test: ImageSet, trainer: Fitter, ctx: RunContext
+        self, model: nn.Module, train: ImageSet, test: ImageSet, trainer: Trainer, ctx: RunContext
     ) -> TrainResult:
         return trainer.fit(model, train, test, hooks=self)
 
@@ -305,7 +322,7 @@ class Countermeasure(Plugin):
 # --------------------------------------------------------------------------- victims
 
 
-class Victim(Plugin):
+class Victim(Plugin[P]):
     """An architecture the unauthorised party trains. `build` returns a `ueb.nn.Classifier`."""
 
     kind: ClassVar[str] = "victim"
@@ -325,7 +342,7 @@ class Splits:
     source: str = ""
 
 
-class Dataset(Plugin):
+class Dataset(Plugin[P]):
     """Loads a train/test split from local files; never downloads."""
 
     kind: ClassVar[str] = "dataset"
@@ -355,7 +372,7 @@ class Detection:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-class Detector(Plugin):
+class Detector(Plugin[P]):
     """Says whether a training set (fully, partly or not poisoned) holds unlearnable examples.
 
     `detect` returns a score per image and a verdict per set. It may train models (draw all

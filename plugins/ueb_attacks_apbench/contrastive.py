@@ -8,10 +8,14 @@ generator the caller seeds (`global_rng_from`), so a run repeats from its seed.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from ueb_countermeasures_modern._rng import global_rng_from
 from ueb_countermeasures_modern.simclr import ProjectionHead, nt_xent
+
+from ueb.nn import Classifier
 
 
 class SimCLRViews:
@@ -56,8 +60,8 @@ class Encoder(nn.Module):
 
     def __init__(self, classifier: nn.Module, projection_dim: int) -> None:
         super().__init__()
-        self.classifier = classifier
-        self.head = ProjectionHead(classifier.feature_dim, projection_dim)
+        self.classifier = cast(Classifier, classifier)  # what every victim's build() returns
+        self.head = ProjectionHead(self.classifier.feature_dim, projection_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.classifier.features(x))

@@ -303,7 +303,7 @@ def published_set(num_classes: int) -> PublishedSet | None:
 # --------------------------------------------------------------------------- the poisoner
 
 
-class AutoregressivePerturbations(Poisoner):
+class AutoregressivePerturbations(Poisoner["AutoregressivePerturbations.Params"]):
     """One AR process per class (published set, else searched); a fresh start per image; L2 1.0."""
 
     version = "2"  # 2: the published coefficient sets by default for 10 and 100 classes

@@ -29,7 +29,7 @@ from . import surrogate as S
 from .pgd import pgd_linf
 
 
-class ErrorMinimizing(Poisoner):
+class ErrorMinimizing(Poisoner["ErrorMinimizing.Params"]):
     """Error-minimizing noise, sample-wise (`em`) or class-wise (`em-class`), Linf 8/255."""
 
     version = "1"

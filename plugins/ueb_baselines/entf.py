@@ -15,7 +15,7 @@ Sources and settings: docs/poisoners-surrogate.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from torch import nn
 
 from ueb.imageset import ImageSet
 from ueb.interfaces import Batch, Budget, Poisoner, Requirement, RunContext, StepContext
+from ueb.nn import Classifier
 from ueb.params import as_dict, bounded
 from ueb.profile import TrainingConfig
 from ueb.training import Trainer
@@ -32,7 +33,7 @@ from .pgd import brew, pgd_linf, translate_flip, uniform_start
 from .tap import _probe, clean_config
 
 
-class EntangledFeatures(Poisoner):
+class EntangledFeatures(Poisoner["EntangledFeatures.Params"]):
     """EntF-push / EntF-pull noise against an adversarially trained reference model, Linf 8/255."""
 
     version = "2"  # 2: reference model trained with crop (pad 4) + flip, as the official one
@@ -112,7 +113,11 @@ class EntangledFeatures(Poisoner):
             trainer = Trainer(cfg, device=S.device_of(ctx), seed=ctx.seed, progress=ctx.progress)
             hooks = _AdversarialTraining(p.robust_eps, p.robust_step_size, p.robust_steps)
             trainer.fit(
-                m, train, _probe(train), hooks=hooks, description=f"robust reference {p.surrogate}"
+                m,
+                train,
+                _probe(train),
+                hooks=cast(Any, hooks),  # the trainer calls only augment() and loss()
+                description=f"robust reference {p.surrogate}",
             )
 
         model = S.cached_model(ctx, "robust-surrogate", rec, model, fit)
@@ -121,7 +126,7 @@ class EntangledFeatures(Poisoner):
     @staticmethod
     @torch.no_grad()
     def centroids(
-        model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int
+        model: Classifier, x: torch.Tensor, y: torch.Tensor, num_classes: int
     ) -> torch.Tensor:
         feats = torch.cat([model.features(x[i : i + 512]) for i in range(0, len(x), 512)])
         out = torch.zeros(num_classes, feats.shape[1], device=feats.device)
@@ -139,7 +144,7 @@ class EntangledFeatures(Poisoner):
 
     def _generate(self, train: ImageSet, ctx: RunContext) -> torch.Tensor:
         p = self.params
-        model = self.reference_model(train, ctx)
+        model = cast(Classifier, self.reference_model(train, ctx))
         for q in model.parameters():
             q.requires_grad_(False)
         dev = S.device_of(ctx)

@@ -66,7 +66,7 @@ def expand_points(
     return (flat / norms * norm).view_as(x).contiguous()
 
 
-class LinearSeparablePerturbations(Poisoner):
+class LinearSeparablePerturbations(Poisoner["LinearSeparablePerturbations.Params"]):
     """Patch-wise noise from a per-class Gaussian cluster, L2 sqrt(C*H*W) * 6/255 by default."""
 
     version = "1"

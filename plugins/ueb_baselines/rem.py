@@ -27,7 +27,7 @@ from . import surrogate as S
 from .pgd import crop_flip, pgd_linf, project, uniform_start
 
 
-class RobustErrorMinimizing(Poisoner):
+class RobustErrorMinimizing(Poisoner["RobustErrorMinimizing.Params"]):
     """Robust error-minimizing sample-wise noise, Linf 8/255 against 4/255 adversarial training."""
 
     version = "1"

@@ -29,7 +29,7 @@ from . import surrogate as S
 from .pgd import brew, translate_flip
 
 
-class TargetedAdversarialPoisoning(Poisoner):
+class TargetedAdversarialPoisoning(Poisoner["TargetedAdversarialPoisoning.Params"]):
     """Class-targeted adversarial examples of a clean surrogate as poisons, Linf 8/255."""
 
     version = "1"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import numpy as np
 import torch
@@ -250,9 +251,9 @@ def _jpeg_opencv(img: np.ndarray, quality: int, subsampling: str) -> np.ndarray:
     flags = [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, factor]
     if img.shape[2] == 1:
         _, data = cv2.imencode(".jpg", img[:, :, 0], flags)
-        return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)[:, :, None]
+        return cast(np.ndarray, cv2.imdecode(data, cv2.IMREAD_GRAYSCALE))[:, :, None]
     _, data = cv2.imencode(".jpg", np.ascontiguousarray(img[:, :, ::-1]), flags)  # OpenCV is BGR
-    return cv2.imdecode(data, cv2.IMREAD_COLOR)[:, :, ::-1]
+    return cast(np.ndarray, cv2.imdecode(data, cv2.IMREAD_COLOR))[:, :, ::-1]
 
 
 def _jpeg_simplejpeg(img: np.ndarray, quality: int, subsampling: str) -> np.ndarray:

@@ -144,7 +144,7 @@ def purify(
     return out
 
 
-class Avatar(Countermeasure):
+class Avatar(Countermeasure["Avatar.Params"]):
     """AVATAR (Dolatabadi et al. 2024): DDPM purification, forward to t*, reverse chain back (DiffPure)."""
 
     stage: ClassVar[Stage] = "data"
@@ -299,7 +299,7 @@ class Avatar(Countermeasure):
         ema = self.build_unet(train.image_size, train.channels).to(device)
         ema.load_state_dict(unet.state_dict())
         ema.requires_grad_(False)
-        scheduler = DDPMScheduler(
+        scheduler: Any = DDPMScheduler(
             num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear"
         )
         opt = torch.optim.Adam(unet.parameters(), lr=p.train_lr)

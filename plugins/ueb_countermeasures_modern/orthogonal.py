@@ -79,7 +79,7 @@ def project_out(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     return (xd - (xd @ basis) @ basis.t()).to(x.dtype)
 
 
-class OrthogonalProjection(Countermeasure):
+class OrthogonalProjection(Countermeasure["OrthogonalProjection.Params"]):
     """Orthogonal Projection (Sandoval-Segura et al. 2023): project out a linear model's class weights."""
 
     stage: ClassVar[Stage] = "data"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,7 @@ from torch import nn
 from ueb.errors import ConfigError
 from ueb.imageset import ImageSet
 from ueb.interfaces import Countermeasure, RunContext, Stage, TrainResult
+from ueb.nn import Classifier
 from ueb.params import bounded
 from ueb.training import Trainer, random_crop_flip
 
@@ -68,7 +69,7 @@ def _steps(epochs: int, steps: int, n: int, batch: int) -> int:
     return steps if steps > 0 else epochs * max(1, n // batch)
 
 
-class SimCLR(Countermeasure):
+class SimCLR(Countermeasure["SimCLR.Params"]):
     """SimCLR (Chen et al. 2020) pre-training on the poisoned set, then a linear probe on its labels."""
 
     stage: ClassVar[Stage] = "protocol"
@@ -149,7 +150,7 @@ class SimCLR(Countermeasure):
     # -- phase 1: contrastive pre-training ------------------------------------------------
 
     def pretrain(
-        self, model: nn.Module, train: ImageSet, trainer: Trainer, ctx: RunContext
+        self, model: Classifier, train: ImageSet, trainer: Trainer, ctx: RunContext
     ) -> list[float]:
         """Train `model.features` with a projection head on `train` without labels; returns the losses."""
         p = self.params
@@ -194,7 +195,7 @@ class SimCLR(Countermeasure):
     # -- phase 2: linear probe ------------------------------------------------------------
 
     def linear_probe(
-        self, model: nn.Module, train: ImageSet, trainer: Trainer, ctx: RunContext
+        self, model: Classifier, train: ImageSet, trainer: Trainer, ctx: RunContext
     ) -> tuple[int, float]:
         """Fit `model.head` on frozen features with the training labels; returns (steps, train acc %)."""
         p = self.params
@@ -243,7 +244,7 @@ class SimCLR(Countermeasure):
         return total, acc
 
     @torch.no_grad()
-    def _features(self, model: nn.Module, images: torch.Tensor, trainer: Trainer) -> torch.Tensor:
+    def _features(self, model: Classifier, images: torch.Tensor, trainer: Trainer) -> torch.Tensor:
         out = []
         for i in range(0, len(images), trainer.cfg.eval_batch_size):
             with trainer.autocast():
@@ -258,7 +259,8 @@ class SimCLR(Countermeasure):
         self, model: nn.Module, train: ImageSet, test: ImageSet, trainer: Trainer, ctx: RunContext
     ) -> TrainResult:
         start = time.perf_counter()
-        model = trainer.prepare_model(model)
+        # a ueb.nn.Classifier by contract; pretrain() says so in one line if it is not
+        model = cast(Classifier, trainer.prepare_model(model))
         losses = self.pretrain(model, train, trainer, ctx)
         probe_steps, probe_acc = self.linear_probe(model, train, trainer, ctx)
         acc = trainer.evaluate(model, test)

@@ -38,7 +38,7 @@ from ._rng import global_rng_from
 Level = Literal["lite", "standard", "max"]
 
 
-class UEraser(Countermeasure):
+class UEraser(Countermeasure["UEraser.Params"]):
     """UEraser (Qin et al. 2023): plasma, channel shuffle and TrivialAugment, max loss over K copies."""
 
     stage: ClassVar[Stage] = "train"
@@ -81,7 +81,7 @@ class UEraser(Countermeasure):
             import kornia.augmentation as K
 
             p = self.params
-            ops: list[nn.Module] = [
+            ops: list[Any] = [
                 K.RandomPlasmaBrightness(
                     roughness=p.plasma_roughness,
                     intensity=p.brightness_intensity,

@@ -24,12 +24,13 @@ EXTENSIONS = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
 
 def load_image(path: Path, size: int) -> np.ndarray:
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
+        with Image.open(path) as src:
+            im = src.convert("RGB")
             w, h = im.size
             scale = size / min(w, h)
             im = im.resize(
-                (max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR
+                (max(size, round(w * scale)), max(size, round(h * scale))),
+                Image.Resampling.BILINEAR,
             )
             w, h = im.size
             left, top = (w - size) // 2, (h - size) // 2

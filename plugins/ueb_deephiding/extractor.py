@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -52,7 +52,8 @@ class ConvFeatures(nn.Module):
 
     def __init__(self, classifier: nn.Module, eps: float):
         super().__init__()
-        self.backbone = classifier.backbone if hasattr(classifier, "backbone") else classifier
+        backbone = classifier.backbone if hasattr(classifier, "backbone") else classifier
+        self.backbone = cast(nn.Module, backbone)
         self.scale = 1.0 / (2.0 * eps)
         pools = [m for m in self.backbone.modules() if isinstance(m, POOLS)]
         if not pools:

@@ -18,6 +18,8 @@ unlearnable example equals the clean image until training teaches it to hide.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -112,7 +114,7 @@ class HidingNetwork(nn.Module):
     def reverse_bands(
         self, zc: torch.Tensor, zh: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        for block in reversed(self.blocks):
+        for block in reversed(cast(list[CouplingBlock], list(self.blocks))):
             zc, zh = block.reverse(zc, zh)
         return zc, zh
 

@@ -85,7 +85,7 @@ class DeepHidingParams:
     reveal_check: int = bounded(64, ge=0)  # images whose hidden image is revealed for report()
 
 
-class DeepHiding(Poisoner):
+class DeepHiding(Poisoner[DeepHidingParams]):
     """DH(C) / DH(S): HiNet-style invertible hiding of semantic images (paper Sec. III-B)."""
 
     version: ClassVar[str] = "3"

@@ -14,7 +14,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -461,7 +461,10 @@ def _build(
 
         shape_res = back.gen_size
         ctx.progress.log(f"SIG: loading Stable Diffusion + ControlNet on {device}")
-        pipe = load_pipeline(sig.sd_model, sig.controlnet, device, back, settings)
+        # both folders are set for this backend (checked before any work)
+        pipe = load_pipeline(
+            cast(str, sig.sd_model), cast(str, sig.controlnet), device, back, settings
+        )
 
     ckpt.mkdir(parents=True, exist_ok=True)
     images = torch.empty(k, m, 3, size, size, dtype=torch.uint8)

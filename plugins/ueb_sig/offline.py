@@ -14,6 +14,7 @@ chooses which shape a class gets. Every bank it writes says so in its recipe (`b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +76,7 @@ def _layout(rgb: np.ndarray, blur: float) -> np.ndarray:
     """The photo's coarse luminance (grey, blurred) stretched to [0.1, 0.9]: the shared shape."""
     import cv2
 
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float64) / 255.0
+    gray: np.ndarray[Any, Any] = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float64) / 255.0
     if blur > 0:
         gray = cv2.GaussianBlur(gray, (0, 0), blur)
     lo, hi = np.quantile(gray, [0.01, 0.99])

@@ -130,11 +130,8 @@ def clip_encoder(folder: str | Path, device: str = "cpu") -> TextEncoder:
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
-    model = (
-        CLIPTextModelWithProjection.from_pretrained(str(folder), local_files_only=True)
-        .to(device)
-        .eval()
-    )
+    loaded: Any = CLIPTextModelWithProjection.from_pretrained(str(folder), local_files_only=True)
+    model = loaded.to(device).eval()
 
     def encode(texts: Sequence[str]) -> np.ndarray:
         out = []

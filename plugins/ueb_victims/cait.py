@@ -14,7 +14,7 @@ each layer of a stack with that probability per training step (never all of them
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -123,7 +123,7 @@ class LayerStack(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         for i in self._kept():
-            attention, mlp = self.layers[i]
+            attention, mlp = cast(nn.ModuleList, self.layers[i])
             x = x + attention(x, context=context)
             x = x + mlp(x)
         return x

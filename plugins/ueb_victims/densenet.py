@@ -17,7 +17,7 @@ from ueb.params import bounded
 from ueb_victims._common import Stem, check_positive, use_cifar_stem
 
 
-class DenseNet121(Victim):
+class DenseNet121(Victim["DenseNet121.Params"]):
     """DenseNet-121: torchvision's DenseNet(32, (6, 12, 24, 16), 64) with a CIFAR stem at 32x32."""
 
     version: ClassVar[str] = "1"

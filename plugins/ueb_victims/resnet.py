@@ -38,7 +38,7 @@ def build_resnet(
             self.base_width = 64  # bottleneck inner width = planes, as in ResNet-50
             if cifar_stem:
                 self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
-                self.maxpool = nn.Identity()
+                self.maxpool: nn.Module = nn.Identity()
             else:
                 self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
                 self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)

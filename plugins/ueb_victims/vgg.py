@@ -18,7 +18,7 @@ from ueb.params import bounded
 from ueb_victims._common import CIFAR_STEM_MAX_SIZE, check_positive
 
 
-class VGG19(Victim):
+class VGG19(Victim["VGG19.Params"]):
     """VGG-19-BN: torchvision cfg "E"; a linear classifier on the 512 features at 32x32."""
 
     version: ClassVar[str] = "1"

@@ -17,7 +17,7 @@ from ueb.params import bounded
 from ueb_victims._common import CIFAR_STEM_MAX_SIZE, check_positive
 
 
-class ViT(Victim):
+class ViT(Victim["ViT.Params"]):
     """ViT with patch 4, depth 6, width 512, 8 heads, MLP 512 at 32x32 (all parameters)."""
 
     version: ClassVar[str] = "1"
