@@ -205,6 +205,41 @@ def test_purification_moves_a_planted_poison_towards_the_clean_images(tmp_path, 
     assert len(list((ctx.artifacts.root / "eclipse-purified").glob("*/images.pt"))) == 1
 
 
+class CapturingTrainer:
+    """Records what `fit` hands the trainer: the set the victim trains on and the hooks."""
+
+    def fit(self, model, train, test, hooks=None, description=""):
+        from ueb.interfaces import TrainResult
+
+        self.train, self.hooks = train, hooks
+        return TrainResult(50.0, 50.0, 1, 1, 0.1)
+
+
+@pytest.mark.parametrize("mode", ["every-step", "once"])
+def test_the_victim_trains_on_the_purified_set_with_the_compensation(tmp_path, monkeypatch, mode):
+    from diffusers import DDPMScheduler
+
+    clean, poisoned = planted_poison()
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    cm = eclipse({"reverse_steps": 0, "compensation": mode})
+    monkeypatch.setattr(
+        type(cm), "model", lambda self, train, ctx: (FlatImageDenoiser(scheduler, 16), scheduler)
+    )
+    ctx = make_run_context(tmp_path, seed=0)
+    trainer = CapturingTrainer()
+    result = cm.fit(torch.nn.Identity(), poisoned, clean, trainer, ctx)
+    purified = cm.purified(poisoned, ctx)
+    assert trainer.hooks is cm and result.extra["eclipse_model_step"] == 12
+    assert trainer.train.images.dtype == torch.uint8
+    if mode == "every-step":  # purified images as they are; the hook adds grey + noise per step
+        assert torch.equal(trainer.train.images, purified.images)
+    else:  # grey + noise drawn once per image, and the hook then leaves batches alone
+        diff = trainer.train.float01() - purified.float01()
+        assert 0.03 < float(diff.std()) < 0.07 and not torch.equal(
+            trainer.train.images, purified.images
+        )
+
+
 class SyntheticDataset:
     def load(self, root):
         return Splits(make_imageset(per_class=10, num_classes=4, size=8, seed=0),
