@@ -182,8 +182,9 @@ def main() -> None:
     names = [n for n in PERTURBATIONS if n != "default"]
     if args.only:
         names = [n for n in names if n in args.only.split(",")]
-    default = cells(run_variant("default", {}, args))
+    # The perturbations first: with --default-cache the default's cells may still be filling.
     perturbed = {n: cells(run_variant(n, PERTURBATIONS[n], args)) for n in names}
+    default = cells(run_variant("default", {}, args))
     rows = compare(default, perturbed)
     from ueb.numerics import cpu_model
 
