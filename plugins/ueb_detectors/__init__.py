@@ -21,3 +21,9 @@ def register_detectors(register):
         defaults={"model": "linear", "augment": False},
         hidden_from_all=True,
     )
+    register(
+        "bias-shift",
+        "ueb_detectors.bias_shift:BiasShiftDetector",
+        summary="UDP bias-shifting noise test (Zhu, Yu & Gao, AAAI 2024): a ResNet-18 trained on the set shifted by -0.5 whose unshifted held-out accuracy exceeds B=0.7 flags a poisoned set; no clean data",
+        hidden_from_all=True,
+    )
