@@ -10,6 +10,9 @@ that can be read from a read-only copy. The schema version is SQLite's `user_ver
 written by an older ueb gain the missing columns when opened for writing and read with
 defaults otherwise. Every SQLite failure reaches the user as one line (damaged, empty, newer,
 locked, disk full), never a traceback.
+
+The record itself is `ueb.records.CellRecord`, the run's completeness `ueb.run_state.RunState`;
+both are importable from here.
 """
 
 from __future__ import annotations
@@ -18,117 +21,24 @@ import csv
 import errno
 import io
 import json
-import math
 import os
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from ueb.atomic import DISK_FULL_ERRNOS, disk_full, resume_command, write_error
 from ueb.errors import UebError
+from ueb.records import _JSON_FIELDS, _NUMERIC_FIELDS, CellRecord, _column_type, _default, _dumps
+from ueb.run_state import RunState, _lock_held
 
 DB_NAME = "results.sqlite"
 # user_version: 0 and 1 are stores of older ueb (no config_digest/git/torch/device/probe columns)
 SCHEMA_VERSION = 2
-
-
-@dataclass
-class CellRecord:
-    cell_id: str
-    ordinal: int
-    dataset: str
-    poisoner: str
-    countermeasure: str
-    victim: str
-    seed: int
-    poison_fraction: float = 1.0
-    poison_seed: int | None = None  # the seed that made the poison (None: records before it)
-    profile: str = ""
-    poisoner_version: str = ""
-    countermeasure_version: str = ""
-    victim_version: str = ""
-    poisoner_params: dict[str, Any] = field(default_factory=dict)
-    countermeasure_params: dict[str, Any] = field(default_factory=dict)
-    victim_params: dict[str, Any] = field(default_factory=dict)
-    params_hash: str = ""
-    config_digest: str = ""  # everything that determines the cell except the seed
-    git: str = ""
-    torch: str = ""
-    device: str = ""
-    status: str = "pending"  # ok | error
-    final_acc: float | None = None
-    peak_acc: float | None = None
-    peak_step: int | None = None
-    clean_final_acc: float | None = None
-    clean_peak_acc: float | None = None
-    iterations: int | None = None
-    poison_seconds: float | None = None
-    train_seconds: float | None = None
-    poison_facts: dict[str, Any] = field(default_factory=dict)
-    history: list[dict[str, float]] = field(default_factory=list)
-    probe: dict[str, Any] = field(default_factory=dict)  # shortcut probe of a class-wise poison
-    extra: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    finished: str = ""
-
-
-_JSON_FIELDS = {
-    "poisoner_params",
-    "countermeasure_params",
-    "victim_params",
-    "poison_facts",
-    "history",
-    "probe",
-    "extra",
-}
-
-
-# Values read back are checked: an edited or foreign value is one line, never a traceback.
-_NUMERIC_FIELDS = {
-    "ordinal",
-    "seed",
-    "poison_seed",
-    "poison_fraction",
-    "final_acc",
-    "peak_acc",
-    "peak_step",
-    "iterations",
-    "poison_seconds",
-    "train_seconds",
-    "clean_final_acc",
-    "clean_peak_acc",
-}
-
-
-def _column_type(name: str) -> str:
-    if name in _JSON_FIELDS:
-        return "TEXT"
-    if name in ("ordinal", "seed", "poison_seed", "peak_step", "iterations"):
-        return "INTEGER"
-    if name.endswith(("_acc", "_seconds", "_fraction")):
-        return "REAL"
-    return "TEXT"
-
-
-def _finite(value: Any) -> Any:
-    """NaN and +-inf become None, at any depth: SQLite's JSON functions reject them."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _dumps(value: Any) -> str:
-    """Strict JSON, so that `json_extract` works on every stored record."""
-    return json.dumps(_finite(value), default=str, allow_nan=False)
 
 
 def _writable(path: Path) -> bool:
@@ -136,63 +46,11 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK)
 
 
-def _default(f: Any) -> Any:
-    return f.default_factory() if f.default_factory is not MISSING else f.default
-
-
 _DISK_ERRNOS = DISK_FULL_ERRNOS | {errno.EACCES, errno.EPERM, errno.EROFS}
 _BUGS = (
     sqlite3.ProgrammingError,
     sqlite3.InterfaceError,
 )  # ueb's own mistakes keep their traceback
-
-
-@dataclass(frozen=True)
-class RunState:
-    planned: int
-    ok: int
-    failed: int
-    missing: int
-    running: bool
-
-    @property
-    def complete(self) -> bool:
-        return self.missing == 0 and self.failed == 0 and not self.running
-
-    def line(self) -> str:
-        """'run in progress: 40 of 126 cells done, 2 failed, 84 not yet computed' ('' if complete)."""
-        if self.complete:
-            return ""
-        head = "run in progress" if self.running else "incomplete run"
-        parts = [f"{self.ok} of {self.planned} cells done"]
-        if self.failed:
-            parts.append(f"{self.failed} failed")
-        if self.missing:
-            parts.append(
-                f"{self.missing} {'running or queued' if self.running else 'missing (re-run its command to resume)'}"
-            )
-        return f"{head}: " + ", ".join(parts)
-
-
-def _lock_held(path: Path) -> bool:
-    """True when another process holds the run directory's lock (a run is writing)."""
-    import fcntl
-
-    if not path.exists():
-        return False
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
 
 
 class Store:
