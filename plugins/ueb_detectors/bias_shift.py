@@ -18,6 +18,7 @@ Settings per parameter and their sources: docs/detectors.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -46,7 +47,7 @@ class ShiftedHeldOut:
 
 def shifted_cross_fit(
     train: ImageSet,
-    build: Any,
+    build: Callable[[], torch.nn.Module],
     settings: FitSettings,
     shift: float,
     folds: int,
