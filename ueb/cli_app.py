@@ -1,4 +1,5 @@
-"""The `ueb` Typer app and its global options; the command modules add their commands to it.
+"""The `ueb` Typer app, its global options and the helpers its commands share; the command
+modules add their commands to it.
 
 Importing this never imports torch.
 """
