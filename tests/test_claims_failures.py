@@ -53,7 +53,7 @@ def test_a_failing_cell_is_recorded_the_others_finish_and_the_report_marks_it(ex
     res = run_cli(
         "--plugins-dir", str(plugins), "run", "-p", "random-noise", "-c", "identity,explodes",
         "-v", "tiny", "--profile", "smoke", "--run-dir", str(run_dir), *EXECUTORS[executor],
-        env={"UEB_CACHE": str(tmp_path / "cache")},
+        env={"UEB_CACHE": str(tmp_path / "cache")}, timeout=600,
     )  # fmt: skip
     assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
     assert "countermeasure exploded on purpose" in res.stderr
@@ -90,5 +90,5 @@ def _table_lines(path: Path) -> list[dict[str, str]]:
         for line in path.read_text().splitlines()
         if line.startswith("|")
     ]
-    header, body = rows[0], [r for r in rows[2:]]
+    header, body = rows[0], rows[2:]  # rows[1] is the |---| line
     return [dict(zip(header, r, strict=True)) for r in body]

@@ -86,7 +86,7 @@ def uninterrupted(tmp_path_factory) -> tuple[dict[str, dict], dict]:
     plugins = _plugins(tmp)
     (tmp / "open").touch()
     env = {"UEB_CACHE": str(tmp / "cache"), "UEB_TEST_GATE": str(tmp / "open")}
-    res = run_cli(*_args(plugins, tmp / "run"), "-q", env=env)
+    res = run_cli(*_args(plugins, tmp / "run"), "-q", env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     return _records(tmp / "run"), json.loads((tmp / "run" / "table.json").read_text())
 
@@ -108,7 +108,7 @@ def _ctrl_c_when_two_cells_are_saved(args: list[str], env: dict[str, str]) -> tu
     )  # fmt: skip
     run_dir = Path(args[args.index("--run-dir") + 1])
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 480
         while _done(run_dir) < 2 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         if _done(run_dir) != 2:
@@ -135,7 +135,7 @@ def test_an_interrupted_parallel_run_resumes_keeping_its_cells(executor, uninter
     assert len(saved) == 2 and {r["countermeasure"] for r in saved.values()} == {"identity"}
 
     gate.touch()
-    again = run_cli(*args, "-q", env=env)
+    again = run_cli(*args, "-q", env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "2 done here" in again.stdout and "2 to compute" in again.stdout, again.stdout
     after = _records(run_dir)
@@ -168,7 +168,7 @@ def test_sigterm_stops_a_ray_run_with_its_exit_code_and_message(tmp_path):
             stdout=subprocess.DEVNULL, stderr=stderr, text=True, start_new_session=True,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 480
         while "Started a local Ray instance" not in log.read_text():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise TimeoutError(f"Ray did not start: {log.read_text()[-2000:]}")
