@@ -234,9 +234,9 @@ class Eclipse(Countermeasure):
             ) from exc
         splits = dataset.load(ctx.data_root)
         clean: ImageSet = splits.test if p.clean_split == "test" else splits.train
-        if clean.channels != train.channels or clean.image_size != train.image_size:
+        if clean.channels != train.channels:  # another size is resized by the purification
             raise ConfigError(
-                f"{self.name}: clean source '{source}' holds {clean.channels}x{clean.image_size}px images, the training set {train.channels}x{train.image_size}px",
+                f"{self.name}: clean source '{source}' has {clean.channels} channels, the training set {train.channels}",
                 f"set {self.name}.clean_source to a dataset of the same kind of images",
             )
         size = max(1, round(p.sparse_fraction * len(train)))
