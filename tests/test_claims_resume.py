@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -99,9 +100,11 @@ def _skip_without(executor: str) -> None:
             pytest.skip("import ray failed: Ray is an optional extra (pip install 'ueb[ray]')")
 
 
-def _ctrl_c_when_two_cells_are_saved(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+def _signal_when_two_cells_are_saved(
+    args: list[str], env: dict[str, str], send: Callable[[int], None]
+) -> tuple[int, str]:
     """Start `ueb run` in a session of its own, wait for its two plain cells (the gate cells
-    wait in their workers), then Ctrl-C its process group: the exit status and stderr."""
+    wait in their workers), then `send(pid)` a signal: the exit status and stderr."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "ueb.cli", *args], cwd=REPO, env={**os.environ, **env},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -113,13 +116,21 @@ def _ctrl_c_when_two_cells_are_saved(args: list[str], env: dict[str, str]) -> tu
             time.sleep(0.1)
         if _done(run_dir) != 2:
             raise TimeoutError("the two plain cells should finish while the gates wait")
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        send(proc.pid)
         _out, err = proc.communicate(timeout=60)
         return proc.returncode, err
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _ctrl_c(pid: int) -> None:
+    os.killpg(pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+
+
+def _sigterm(pid: int) -> None:
+    os.kill(pid, signal.SIGTERM)  # what timeout, containers and Slurm do: the main process
 
 
 @pytest.mark.parametrize("executor", sorted(EXECUTORS))
@@ -129,7 +140,7 @@ def test_an_interrupted_parallel_run_resumes_keeping_its_cells(executor, uninter
     args = _args(_plugins(tmp_path), run_dir, *EXECUTORS[executor])
     gate = tmp_path / "open"  # absent: the gate cells wait in their workers
     env = {"UEB_CACHE": str(tmp_path / "cache"), "UEB_TEST_GATE": str(gate)}
-    code, err = _ctrl_c_when_two_cells_are_saved(args, env)
+    code, err = _signal_when_two_cells_are_saved(args, env, _ctrl_c)
     assert code == 130 and "re-run the same command to resume" in err, err[-2000:]
     saved = _records(run_dir)
     assert len(saved) == 2 and {r["countermeasure"] for r in saved.values()} == {"identity"}
@@ -158,28 +169,12 @@ def test_an_interrupted_parallel_run_resumes_keeping_its_cells(executor, uninter
     "aborts on SIGTERM): a SIGTERM under --executor ray ends the run with SIGABRT, no message",
 )
 def test_sigterm_stops_a_ray_run_with_its_exit_code_and_message(tmp_path):
+    """SIGTERM while cells are in flight, as under the process pool (tests/test_stopping.py)."""
     _skip_without("ray")
-    args = _args(_plugins(tmp_path), tmp_path / "run", *EXECUTORS["ray"])
+    run_dir = tmp_path / "run"
+    args = _args(_plugins(tmp_path), run_dir, *EXECUTORS["ray"])
     env = {"UEB_CACHE": str(tmp_path / "cache"), "UEB_TEST_GATE": str(tmp_path / "closed")}
-    log = tmp_path / "stderr.txt"
-    with log.open("w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ueb.cli", *args], cwd=REPO, env={**os.environ, **env},
-            stdout=subprocess.DEVNULL, stderr=stderr, text=True, start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 480
-        while "Started a local Ray instance" not in log.read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise TimeoutError(f"Ray did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
-        time.sleep(1.0)  # the run is now waiting on its Ray tasks
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    err = log.read_text()
+    code, err = _signal_when_two_cells_are_saved(args, env, _sigterm)
+    assert len(_records(run_dir)) == 2  # what finished is kept, whatever the exit
     last = err.strip().splitlines()[-1]
-    assert proc.returncode == 143 and "stopped by SIGTERM" in last, err[-2000:]
+    assert code == 143 and "stopped by SIGTERM" in last, err[-2000:]
