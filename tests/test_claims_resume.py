@@ -115,7 +115,8 @@ def _signal_when_two_cells_are_saved(
         while _done(run_dir) < 2 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         if _done(run_dir) != 2:
-            raise TimeoutError("the two plain cells should finish while the gates wait")
+            ended = "" if proc.poll() is None else proc.communicate()[1][-2000:]
+            raise TimeoutError(f"the two plain cells should finish while the gates wait {ended}")
         send(proc.pid)
         _out, err = proc.communicate(timeout=60)
         return proc.returncode, err
