@@ -92,6 +92,7 @@ def test_builtin_poisoners_conform(name, tmp_path):
 COUNTERMEASURE_SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # The DDPM trains on the clean images of a named dataset (the synthetic set is no dataset).
     "avatar": ({"clean_source": "fashion-mnist"}, {}),
+    "eclipse": ({"clean_source": "fashion-mnist"}, {}),
     # The official method leaves [0, 1] on purpose (clamp=False); everything else is checked.
     "orthogonal-projection": ({}, {"value_range": None}),
 }

@@ -114,6 +114,9 @@ def test_ueb_run_with_detectors_prints_writes_and_reports_the_table(tmp_path):
     page = html.read_text()
     assert '<h2 id="detection">Detection</h2>' in page
     assert page.count("<td>simple-net</td>") == 2
+    exported = tmp_path / "report.json"
+    assert _cli("report", str(run), "--format", "json", "-o", str(exported)).exit_code == 0
+    assert json.loads(exported.read_text())["detection"]["summary"] == data["summary"]
 
 
 def test_a_misspelled_detector_stops_the_run_before_any_work(tmp_path):

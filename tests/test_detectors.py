@@ -72,7 +72,7 @@ def test_detector_registrations_do_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['simple-net', 'simple-net-linear'] False"
+    assert out.stdout.strip() == "['simple-net', 'simple-net-linear', 'bias-shift'] False"
 
 
 def test_all_selects_the_named_detectors_only():

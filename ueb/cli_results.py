@@ -71,11 +71,12 @@ def report(
         typer.Option("--pivot", help="'victim': one column per architecture (Table III layout)."),
     ] = None,
     countermeasure: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--countermeasure", help="With --pivot victim: which countermeasure's numbers."
+            "--countermeasure",
+            help="With --pivot victim: which countermeasure's numbers (default: plain training).",
         ),
-    ] = "vanilla",
+    ] = None,
 ) -> None:
     """Render a run's results in the paper's Table I layout (or pivoted by victim)."""
     if format is None:
@@ -105,6 +106,10 @@ def report(
     else:
         table = build_table(store.records(), chosen, config)
     _note_state(table, store, out)
+    if format == "json":
+        from ueb.detection import load_summary
+
+        table.detection = load_summary(_run_path(run))
     if format == "rich":
         out.report_table(table, plain=to_markdown(table))
         return

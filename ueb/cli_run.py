@@ -99,7 +99,9 @@ def run(
     ] = [],  # noqa: B006
     save_models: Annotated[
         str | None,
-        typer.Option("--save-models", help="Keep trained victims: none | vanilla | all."),
+        typer.Option(
+            "--save-models", help="Keep trained victims: none | baseline (plain training) | all."
+        ),
     ] = None,
     executor: Annotated[
         str | None, typer.Option("--executor", help="local (default) | ray")

@@ -22,14 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ueb import defaults
 from ueb.errors import ConfigError
 from ueb.params import parse_params
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    poisoners: tuple[str, ...] = ("deephiding",)
-    countermeasures: tuple[str, ...] = ("vanilla",)
+    poisoners: tuple[str, ...] = defaults.RUN_POISONERS
+    countermeasures: tuple[str, ...] = defaults.RUN_COUNTERMEASURES
     victims: tuple[str, ...] = ()
     datasets: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()
@@ -48,8 +49,9 @@ class RunConfig:
     cache_dir: str | None = None
     device: str = "auto"
     fail_fast: bool = False
-    # Trained victims kept for analysis (Grad-CAM, t-SNE): none, the vanilla cells, or all.
-    save_models: Literal["none", "vanilla", "all"] = "vanilla"
+    # Trained victims kept for analysis (Grad-CAM, t-SNE): none, the cells of the baseline
+    # countermeasure (plain training, ueb.roles), or all.
+    save_models: Literal["none", "baseline", "all"] = "baseline"
     # Fractions of the training set that are poisoned (paper Tables V, VI, G), a matrix axis;
     # the rest stays clean. The poisoned subset is fixed by the seed.
     poison_fractions: tuple[float, ...] = (1.0,)

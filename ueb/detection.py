@@ -214,7 +214,7 @@ class DetectionRunner:
         out: list[DetectionRow] = []
         for dataset in self.plan.datasets:
             for poisoner in self.plan.poisoners:
-                if poisoner == "clean":
+                if poisoner == self.plan.reference:
                     continue
                 for seed in self.plan.seeds:
                     for fraction in self.plan.fractions:
@@ -280,8 +280,8 @@ class DetectionRunner:
             self.log(
                 f"detection | {dataset} | {poisoner} | {spec.name} | seed {seed}"
                 f"{'' if fraction >= 1 else f' | {fraction:.0%}'}: AUROC {rows[-1].auroc:.3f}  "
-                f"verdict {'poisoned' if found.poisoned else 'clean'} (clean set: "
-                f"{'poisoned' if on_clean.poisoned else 'clean'})"
+                f"verdict {'poisoned' if found.poisoned else 'unpoisoned'} (clean set: "
+                f"{'poisoned' if on_clean.poisoned else 'unpoisoned'})"
             )
         return rows
 

@@ -11,6 +11,8 @@ import concurrent.futures as cf
 import contextlib
 import multiprocessing as mp
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -128,7 +130,7 @@ class RayPool:
                 kwargs["address"] = address
             else:
                 kwargs["num_cpus"] = max(workers, 1) * cpus_per_task
-            ray.init(**kwargs)
+            _keeping_signal_handlers(lambda: ray.init(**kwargs))
         self.options = {"num_cpus": cpus_per_task, "num_gpus": gpus_per_task, "max_retries": 0}
 
     def __enter__(self) -> RayPool:
@@ -147,6 +149,21 @@ class RayPool:
         while pending:
             done, pending = self.ray.wait(pending, num_returns=1)
             yield self.ray.get(done[0])
+
+
+def _keeping_signal_handlers(start: Callable[[], Any]) -> None:
+    """Run `start` and put back the SIGINT/SIGTERM handlers it replaced: ray.init installs its
+    own (a SIGTERM then aborts the driver), and the run's stop handlers must stay in charge."""
+    if threading.current_thread() is not threading.main_thread():
+        start()
+        return
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        start()
+    finally:
+        for s, h in handlers.items():
+            if h is not None:
+                signal.signal(s, h)
 
 
 def make_executor(config: RunConfig, threads: int = 1) -> ProcessPool | RayPool | None:

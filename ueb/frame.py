@@ -239,7 +239,7 @@ def load(*runs: str | Path) -> pd.DataFrame:
     """
     paths = [run_path(r) for r in runs] if runs else [run_path(None)]
     rows: list[dict[str, Any]] = []
-    preferred: dict[str, list[str]] = {"poisoner": ["clean"]}
+    preferred: dict[str, list[str]] = {"poisoner": []}
     for path in paths:
         with Store.open_existing(path, readonly=True) as store:
             manifest = store.manifest()

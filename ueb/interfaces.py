@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar, cast
 
 if TYPE_CHECKING:
+    import contextlib
+    from collections.abc import Iterator
+
     import torch
     from torch import nn
 
@@ -31,7 +34,10 @@ if TYPE_CHECKING:
     from ueb.imageset import ImageSet
     from ueb.profile import TrainingConfig
     from ueb.progress import Progress
-    from ueb.training import Trainer
+
+# The training loop's data types live beside nothing else (ueb.training_types), so the Trainer
+# needs no import of this module; they are part of the plugin contract and re-exported here.
+from ueb.training_types import Batch, StepContext, TrainResult  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -193,59 +199,16 @@ class Poisoner(Plugin[P]):
 # --------------------------------------------------------------------------- training contract
 
 
-@dataclass
-class Batch:
-    """One training mini-batch on the device. `x` is float in [0, 1].
-
-    Mixing countermeasures set `y2` and a per-sample weight `lam` (the loss is
-    lam * CE(y) + (1 - lam) * CE(y2)); with `y2` None the loss is plain CE(y).
-    """
-
-    x: torch.Tensor
-    y: torch.Tensor
-    y2: torch.Tensor | None = None
-    lam: torch.Tensor | None = None
-
-    def loss(self, logits: torch.Tensor) -> torch.Tensor:
-        import torch.nn.functional as F
-
-        if self.y2 is None or self.lam is None:
-            return F.cross_entropy(logits, self.y)
-        a = F.cross_entropy(logits, self.y, reduction="none")
-        b = F.cross_entropy(logits, self.y2, reduction="none")
-        return (self.lam * a + (1 - self.lam) * b).mean()
-
-
-@dataclass
-class StepContext:
-    """Where the training loop is, and the generator all in-loop randomness must use."""
-
-    step: int
-    total_steps: int
-    generator: torch.Generator
-    model: nn.Module
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class TrainResult:
-    """Clean test accuracy (in %) at the end and at its best, plus the curve."""
-
-    final_acc: float
-    peak_acc: float
-    peak_step: int
-    iterations: int
-    seconds: float
-    history: list[dict[str, float]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 class Fitter(Protocol):
-    """The part of ueb.training.Trainer that a protocol needing only whole trainings uses.
+    """What `Countermeasure.fit` receives: ueb.training.Trainer, configured for the run (its
+    protocol, device and seed). A protocol needing only whole trainings calls `fit`; one that
+    writes its own loop uses the building blocks (`prepare_model`, `optimizer`, `batches`,
+    `autocast`, `evaluate`). Declared here as a protocol because the interfaces sit upstream
+    of the training loop (ueb.training imports none of them)."""
 
-    `Countermeasure.fit` receives the Trainer itself, configured for the run, so a protocol
-    that writes its own loop may use its building blocks too (`prepare_model`, `batches`, ...).
-    """
+    cfg: TrainingConfig
+    device: torch.device
+    seed: int
 
     def fit(
         self,
@@ -255,6 +218,20 @@ class Fitter(Protocol):
         hooks: Any = None,
         description: str = "training",
     ) -> TrainResult: ...
+
+    def prepare_model(self, model: nn.Module) -> nn.Module: ...
+
+    def optimizer(
+        self, params: list[torch.nn.Parameter] | object
+    ) -> tuple[torch.optim.Optimizer, object]: ...
+
+    def batches(self, n: int, gen: torch.Generator) -> Iterator[torch.Tensor]: ...
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def evaluate(self, model: nn.Module, test: ImageSet) -> float: ...
+
+    def protocol(self) -> dict[str, Any]: ...
 
 
 # --------------------------------------------------------------------------- countermeasures
@@ -314,7 +291,7 @@ class Countermeasure(Plugin[P]):
         return batch.loss(model(batch.x))
 
     def fit(
-        self, model: nn.Module, train: ImageSet, test: ImageSet, trainer: Trainer, ctx: RunContext
+        self, model: nn.Module, train: ImageSet, test: ImageSet, trainer: Fitter, ctx: RunContext
     ) -> TrainResult:
         return trainer.fit(model, train, test, hooks=self)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ueb import identity
+from ueb import identity, roles
 from ueb.config import RunConfig
 from ueb.errors import ConfigError
 from ueb.numerics import Numerics, device_type, resolve_numerics
@@ -64,12 +64,9 @@ def resolve(config: RunConfig, registry: Registry, *, load_data: bool = True) ->
     variants = _expand_grid(config, registry, selected)
     _check_user_params(config, registry, selected, variants)
     poisoners = selected["poisoner"]
-    if (
-        config.include_clean
-        and "clean" in registry.entries["poisoner"]
-        and "clean" not in poisoners
-    ):
-        poisoners = ["clean", *poisoners]
+    reference = roles.reference_poisoner(registry)
+    if config.include_clean and reference is not None and reference not in poisoners:
+        poisoners = [reference, *poisoners]
     selected["poisoner"] = poisoners
     for kind, names in selected.items():
         if not names:
@@ -101,6 +98,8 @@ def resolve(config: RunConfig, registry: Registry, *, load_data: bool = True) ->
         cells=(),
         numerics=numerics,
         user_params={k: dict(v) for k, v in config.params.items()},
+        reference=reference,
+        baseline=roles.baseline_countermeasure(registry),
     )
     plan = _with_cells(plan) if load_data else plan
     workers = resolve_workers(
@@ -164,10 +163,10 @@ def _with_cells(plan: Plan) -> Plan:
     for d in plan.datasets:
         for p in plan.poisoners:
             pairs = [(s, -1) for s in plan.seeds]
-            if nested and p != "clean":
+            if nested and p != plan.reference:
                 pairs = [(s, q) for q in nested for s in plan.seeds]
             for s, q in pairs:
-                for f in plan.fractions if p != "clean" else (1.0,):
+                for f in plan.fractions if p != plan.reference else (1.0,):
                     for c in plan.countermeasures:
                         for v in plan.victims:
                             config_digest = identity.cell_configuration(

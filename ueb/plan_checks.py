@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ueb import roles
 from ueb.config import RunConfig, as_list
 from ueb.errors import ConfigError, PluginError
 from ueb.interfaces import Budget
@@ -134,7 +135,10 @@ def _check_user_params(
                     else f"valid parameters: {', '.join(sorted(fields)) or 'none'}"
                 )
                 raise ConfigError(f"unknown parameter '{key}' for {kind} '{plugin}'", fix)
-    used = set(kinds_of) | set(config.grid) | set(variants) | {"clean"}
+    used = set(kinds_of) | set(config.grid) | set(variants)
+    reference = roles.reference_poisoner(registry)
+    if reference is not None:
+        used.add(reference)
     unused = sorted(set(config.params) - used)
     if unused:
         raise ConfigError(

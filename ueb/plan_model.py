@@ -89,6 +89,9 @@ class Plan:
     cells: tuple[Cell, ...]
     numerics: Numerics
     user_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The registered names of the roles core compares against (ueb.roles); None: not installed.
+    reference: str | None = None
+    baseline: str | None = None
 
     @property
     def training(self) -> dict[str, Any]:

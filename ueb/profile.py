@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ueb import defaults
 from ueb.errors import ConfigError
 from ueb.params import bounded, parse_params
 
@@ -65,8 +66,8 @@ class Profile:
     description: str = ""
     # Which of a plugin's scale presets apply ("smoke", "quick", "paper"); default: the name.
     scale: str = ""
-    victims: tuple[str, ...] = ("resnet18",)
-    datasets: tuple[str, ...] = ("cifar10",)
+    victims: tuple[str, ...] = defaults.PROFILE_VICTIMS
+    datasets: tuple[str, ...] = defaults.PROFILE_DATASETS
     seeds: tuple[int, ...] = (0,)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -136,6 +137,6 @@ class _ProfileHead:
     name: str
     description: str = ""
     scale: str = ""
-    victims: tuple[str, ...] = ("resnet18",)
-    datasets: tuple[str, ...] = ("cifar10",)
+    victims: tuple[str, ...] = defaults.PROFILE_VICTIMS
+    datasets: tuple[str, ...] = defaults.PROFILE_DATASETS
     seeds: tuple[int, ...] = (0,)

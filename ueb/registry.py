@@ -247,6 +247,14 @@ class Registry:
             return "hidden"
         return None if is_own(entry) else "third-party"
 
+    def with_role(self, kind: str, role: str) -> str | None:
+        """The name registered with `role=ROLE` (ueb's own first), or None. Core asks for roles
+        (ueb.roles), never for a plugin by name."""
+        for n in self.ordered_names(kind):
+            if self.entries[kind][n].meta.get("role") == role:
+                return n
+        return None
+
     def families(self, kind: str) -> list[str]:
         """The families the registrations of `kind` declare, in order of first appearance."""
         found: list[str] = []

@@ -159,7 +159,12 @@ class MatrixRunner:
     def _execute(self, start: float) -> RunSummary:
         cells = list(self.plan.cells)
         self.store.set_manifest(
-            config=self.plan.describe(),
+            # the roles' names are recorded, so a report reads the run as it was resolved
+            config={
+                **self.plan.describe(),
+                "reference": self.plan.reference,
+                "baseline": self.plan.baseline,
+            },
             execution={"executor": self.plan.config.executor, "workers": self.plan.config.workers},
             environment=self.environment,
             run_id=self.plan.run_id(),
@@ -318,10 +323,15 @@ class MatrixRunner:
         self.store.put(record)
 
     def clean_reference(self, record: CellRecord) -> tuple[float, float] | None:
-        if record.poisoner == "clean" or "clean" not in self.plan.poisoners:
+        reference = self.plan.reference
+        if (
+            reference is None
+            or record.poisoner == reference
+            or reference not in self.plan.poisoners
+        ):
             return None
         ref_cell = self.plan.find(
-            record.dataset, "clean", record.seed, record.countermeasure, record.victim
+            record.dataset, reference, record.seed, record.countermeasure, record.victim
         )
         ref = self.store.get(ref_cell.id) if ref_cell else None
         if ref is None or ref.status != "ok" or ref.final_acc is None or ref.peak_acc is None:
@@ -334,7 +344,7 @@ class MatrixRunner:
             if (
                 record.status == "ok"
                 and record.clean_final_acc is None
-                and record.poisoner != "clean"
+                and record.poisoner != self.plan.reference
             ):
                 clean = self.clean_reference(record)
                 if clean:

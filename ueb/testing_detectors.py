@@ -105,7 +105,7 @@ def check_detector(
     who = _who(detector)
     _check_bounded(type(detector), who)
     with _workdir(workdir) as root:
-        first = _detect_once(detector, clean, root / "clean", seed, device, training, who)
+        first = _detect_once(detector, clean, root / "unpoisoned", seed, device, training, who)
         again = type(detector)(detector.params, name=detector.name)
         second = _detect_once(again, clean, root / "again", seed, device, training, who)
         if not np.array_equal(first.scores, second.scores) or first.poisoned != second.poisoned:

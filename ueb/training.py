@@ -1,6 +1,6 @@
 """The victim's training loop: SGD on device-resident uint8 data, batched augmentation.
 
-Countermeasures act through `hooks` (a Countermeasure): `augment(batch, step)` after the base
+Countermeasures act through `hooks` (a Countermeasure, or any ueb.training_types.StepHooks): `augment(batch, step)` after the base
 crop+flip, and `loss(model, batch, step)` for the step's objective. The trainer never knows
 a countermeasure by name.
 
@@ -17,19 +17,16 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ueb.imageset import ImageSet
-from ueb.interfaces import Batch, StepContext, TrainResult
 from ueb.profile import TrainingConfig
 from ueb.progress import Progress, silent
-
-if TYPE_CHECKING:
-    from ueb.interfaces import Countermeasure
+from ueb.training_types import Batch, StepContext, StepHooks, TrainResult
 
 
 def resolve_device(device: str | None = None) -> torch.device:
@@ -203,7 +200,7 @@ class Trainer:
         model: nn.Module,
         train: ImageSet,
         test: ImageSet,
-        hooks: Countermeasure | _Vanilla | None = None,
+        hooks: StepHooks | None = None,
         description: str = "training",
     ) -> TrainResult:
         """Train `model` in place for cfg.iterations steps; accuracy on `test` every eval_every."""

@@ -380,7 +380,7 @@ class CellWorker:
 
     def wants_model(self, cell: Cell) -> bool:
         mode = self.plan.config.save_models
-        return not (mode == "none" or (mode == "vanilla" and cell.countermeasure != "vanilla"))
+        return mode == "all" or (mode == "baseline" and cell.countermeasure == self.plan.baseline)
 
     def probe(
         self,
@@ -395,7 +395,11 @@ class CellWorker:
         does the trained victim follow class k's perturbation on clean test images? Probe images
         reach the victim as its test images do (`test_inputs`), and its training accuracy is
         taken on the set it trained on (`trained_on`, after any data-stage countermeasure)."""
-        if poisoned.poisoner.sample_wise or cell.poisoner == "clean" or cell.fraction < 1.0:
+        if (
+            poisoned.poisoner.sample_wise
+            or cell.poisoner == self.plan.reference
+            or cell.fraction < 1.0
+        ):
             return {}
         if not bool((poisoned.images.uint8() != splits.train.uint8()).any()):
             return {}

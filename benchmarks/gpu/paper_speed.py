@@ -121,9 +121,15 @@ def load_data(scale: Scale):
 
 
 def victim_params(name: str, scale: Scale) -> dict[str, Any]:
+    """The victim's settings at this scale as a run resolves them: its preset, then the
+    profile's table."""
     from ueb.profile import load_profile
+    from ueb.registry import get_registry
 
-    return dict(load_profile(scale.profile()).plugins.get(name, {}))
+    profile = load_profile(scale.profile())
+    cls = get_registry().get("victim", name).load_class()
+    preset = (getattr(cls, "presets", {}) or {}).get(profile.scale or profile.name, {})
+    return {**preset, **profile.plugin_params(name)}
 
 
 def training_config(scale: Scale, iterations: int, mode: str):

@@ -15,6 +15,7 @@ def register_poisoners(register):
         summary="No perturbation: the clean-training reference row",
         hidden_from_all=True,
         family="reference",
+        role="reference",
     )
     register(
         "random-noise",

@@ -143,6 +143,7 @@ class RobustErrorMinimizing(Poisoner["RobustErrorMinimizing.Params"]):
             opt.load_state_dict(state["opt"])
             noise, start = state["noise"], state["step"]
             gen.set_state(state["gen"].cpu())
+            model.eval()  # as the loop leaves it after every step (BatchNorm's mode matters)
         stream = S.endless(len(train), p.batch_size, stream_gen, drop_last=True)
         for _ in range(start):  # one batch per step: replay the index stream up to the checkpoint
             next(stream)

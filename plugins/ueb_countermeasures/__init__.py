@@ -17,7 +17,13 @@ _ISS = "ueb_countermeasures.iss:ImageShortcutSqueezing"
 def register_countermeasures(register):
     train = {"stage": "train"}
     data = {"stage": "data"}
-    register("vanilla", f"{_AUG}:Vanilla", summary="Random crop (pad 4) and flip only", **train)
+    register(
+        "vanilla",
+        f"{_AUG}:Vanilla",
+        summary="Random crop (pad 4) and flip only",
+        role="baseline",
+        **train,
+    )
     register(
         "cutout",
         f"{_AUG}:Cutout",

@@ -34,10 +34,10 @@ from torch import nn
 
 from ueb.errors import ConfigError
 from ueb.imageset import ImageSet
-from ueb.interfaces import Countermeasure, RunContext, Stage, TrainResult
+from ueb.interfaces import Countermeasure, Fitter, RunContext, Stage, TrainResult
 from ueb.nn import Classifier
 from ueb.params import bounded
-from ueb.training import Trainer, random_crop_flip
+from ueb.training import random_crop_flip
 
 from ._rng import global_rng_from
 
@@ -150,7 +150,7 @@ class SimCLR(Countermeasure["SimCLR.Params"]):
     # -- phase 1: contrastive pre-training ------------------------------------------------
 
     def pretrain(
-        self, model: Classifier, train: ImageSet, trainer: Trainer, ctx: RunContext
+        self, model: Classifier, train: ImageSet, trainer: Fitter, ctx: RunContext
     ) -> list[float]:
         """Train `model.features` with a projection head on `train` without labels; returns the losses."""
         p = self.params
@@ -195,7 +195,7 @@ class SimCLR(Countermeasure["SimCLR.Params"]):
     # -- phase 2: linear probe ------------------------------------------------------------
 
     def linear_probe(
-        self, model: Classifier, train: ImageSet, trainer: Trainer, ctx: RunContext
+        self, model: Classifier, train: ImageSet, trainer: Fitter, ctx: RunContext
     ) -> tuple[int, float]:
         """Fit `model.head` on frozen features with the training labels; returns (steps, train acc %)."""
         p = self.params
@@ -244,7 +244,7 @@ class SimCLR(Countermeasure["SimCLR.Params"]):
         return total, acc
 
     @torch.no_grad()
-    def _features(self, model: Classifier, images: torch.Tensor, trainer: Trainer) -> torch.Tensor:
+    def _features(self, model: Classifier, images: torch.Tensor, trainer: Fitter) -> torch.Tensor:
         out = []
         for i in range(0, len(images), trainer.cfg.eval_batch_size):
             with trainer.autocast():
@@ -256,7 +256,7 @@ class SimCLR(Countermeasure["SimCLR.Params"]):
     # -- the protocol ---------------------------------------------------------------------
 
     def fit(
-        self, model: nn.Module, train: ImageSet, test: ImageSet, trainer: Trainer, ctx: RunContext
+        self, model: nn.Module, train: ImageSet, test: ImageSet, trainer: Fitter, ctx: RunContext
     ) -> TrainResult:
         start = time.perf_counter()
         # a ueb.nn.Classifier by contract; pretrain() says so in one line if it is not

@@ -35,6 +35,7 @@ from ueb.imageset import ImageSet
 from ueb.interfaces import (
     Batch,
     Countermeasure,
+    Fitter,
     RunContext,
     Stage,
     StepContext,
@@ -42,13 +43,13 @@ from ueb.interfaces import (
     TrainResult,
 )
 from ueb.params import bounded
-from ueb.training import Trainer, random_crop_flip
+from ueb.training import random_crop_flip
 
 from .holdout import holdout_split
 
 
 @torch.no_grad()
-def held_out_metrics(model: nn.Module, held: ImageSet, trainer: Trainer) -> tuple[float, float]:
+def held_out_metrics(model: nn.Module, held: ImageSet, trainer: Fitter) -> tuple[float, float]:
     """(accuracy in %, mean cross-entropy) of `model` on `held`."""
     was_training = model.training
     model.eval()
@@ -89,13 +90,13 @@ class EarlyStopping(Countermeasure):
         min_delta: float = bounded(0.0, ge=0)  # accuracy points, or loss units
         restore_best: bool = True
 
-    def interval(self, n_fit: int, trainer: Trainer) -> int:
+    def interval(self, n_fit: int, trainer: Fitter) -> int:
         if self.params.check_every > 0:
             return self.params.check_every
         return max(1, n_fit // max(1, min(trainer.cfg.batch_size, n_fit)))
 
     def fit(
-        self, model: nn.Module, train: ImageSet, test: ImageSet, trainer: Trainer, ctx: RunContext
+        self, model: nn.Module, train: ImageSet, test: ImageSet, trainer: Fitter, ctx: RunContext
     ) -> TrainResult:
         p = self.params
         cfg = trainer.cfg

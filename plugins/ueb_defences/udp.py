@@ -36,6 +36,7 @@ from ueb.imageset import ImageSet
 from ueb.interfaces import (
     Batch,
     Countermeasure,
+    Fitter,
     RunContext,
     Stage,
     StepContext,
@@ -43,7 +44,7 @@ from ueb.interfaces import (
     TrainResult,
 )
 from ueb.params import as_dict, bounded
-from ueb.training import Trainer, resolve_device
+from ueb.training import resolve_device
 
 
 class TwoLayerNet(nn.Module):
@@ -208,7 +209,7 @@ class UdpSda(Countermeasure):
     # -- the protocol ---------------------------------------------------------------------
 
     def fit(
-        self, model: nn.Module, train: ImageSet, test: ImageSet, trainer: Trainer, ctx: RunContext
+        self, model: nn.Module, train: ImageSet, test: ImageSet, trainer: Fitter, ctx: RunContext
     ) -> TrainResult:
         noisy = self.noisy_set(train, ctx)
         return trainer.fit(

@@ -70,7 +70,7 @@ def make_figures(
         return out
     for dataset in run.ordered("dataset"):
         for poisoner in run.ordered("poisoner"):
-            if poisoner == "clean":
+            if poisoner == run.reference:
                 continue
             rep = _representative(run, dataset, poisoner)
             if rep is None:
@@ -93,7 +93,7 @@ def make_figures(
                         if kind in kinds:
                             out.notes.append(
                                 f"{what} skipped for {dataset} / {poisoner} / {victim}: no saved model "
-                                f"(run with --save-models vanilla or all)"
+                                f"(run with --save-models baseline or all)"
                             )
                     continue
                 if "tsne" in kinds:
@@ -159,7 +159,8 @@ def _model_cells(
         and run.has_model(r)
     ]
     return sorted(
-        cells, key=lambda r: (r.countermeasure != "vanilla", order.get(r.countermeasure, 0))
+        cells,
+        key=lambda r: (r.countermeasure != run.baseline, order.get(r.countermeasure, 0)),
     )
 
 

@@ -25,7 +25,7 @@ table.results th, table.results td { border: 1px solid #d0d0d0; padding: 0.25em 
 table.results th { background: #f2f2f2; position: sticky; top: 0; }
 table.results td.num { text-align: right; }
 table.results td.best { font-weight: bold; } table.results td.second { text-decoration: underline; }
-table.results tr.clean td { color: #777; background: #fafafa; }
+table.results tr.reference td { color: #777; background: #fafafa; }
 table.results td.summary { background: #f7f7fb; }
 table.results tr.newdataset td { border-top: 2px solid #888; }
 figure { display: inline-block; margin: 0.6em 1em 0.6em 0; vertical-align: top; max-width: 100%; }
@@ -89,7 +89,7 @@ def table_html(table: ReportTable) -> str:
     for i, r in enumerate(table.rows):
         classes = []
         if r.is_clean:
-            classes.append("clean")
+            classes.append("reference")
         if last is not None and r.dataset != last:
             classes.append("newdataset")
         last = r.dataset

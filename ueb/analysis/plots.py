@@ -157,7 +157,7 @@ def perturbation_grid(
         for i, img in enumerate((clean[j], poisoned[j], amp[j])):
             _show(axes[i][j], img)
         axes[0][j].set_title(captions[j], fontsize=7)
-    for i, name in enumerate(("clean", "unlearnable", "|perturbation|\n(normalised)")):
+    for i, name in enumerate(("clean image", "unlearnable", "|perturbation|\n(normalised)")):
         axes[i][0].set_ylabel(name, fontsize=8)
     fig.suptitle(title, fontsize=10)
     return _png(fig)
@@ -230,7 +230,7 @@ def gradcam_grid(
             ax.set_xticks([])
             ax.set_yticks([])
         axes[i][0].set_ylabel(captions[i], fontsize=7)
-    for j, name in enumerate(["clean", "unlearnable", *(f"Grad-CAM\n{n}" for n in names)]):
+    for j, name in enumerate(["clean image", "unlearnable", *(f"Grad-CAM\n{n}" for n in names)]):
         axes[0][j].set_title(name, fontsize=8)
     fig.suptitle(title, fontsize=10)
     return _png(fig)

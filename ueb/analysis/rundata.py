@@ -64,6 +64,22 @@ class RunData:
         root = self.manifest.get("cache_root")
         return Path(root) if root else None
 
+    @property
+    def reference(self) -> str | None:
+        """The run's reference (clean) poisoner: as recorded, else the registered role's."""
+        from ueb.roles import reference_poisoner
+
+        recorded = self.config.get("reference")
+        return recorded if isinstance(recorded, str) else reference_poisoner(self._registry())
+
+    @property
+    def baseline(self) -> str | None:
+        """The run's baseline countermeasure (plain training): as recorded, else the role's."""
+        from ueb.roles import baseline_countermeasure
+
+        recorded = self.config.get("baseline")
+        return recorded if isinstance(recorded, str) else baseline_countermeasure(self._registry())
+
     def _registry(self) -> Registry:
         if self.registry is None:
             from ueb.registry import get_registry

@@ -147,6 +147,7 @@ def build_table(
     records: Sequence[CellRecord], metric: Metric = "final", config: dict[str, Any] | None = None
 ) -> ReportTable:
     config = config or {}
+    reference = reference_name(config)
     key = "final_acc" if metric == "final" else "peak_acc"
     columns = _order([r.countermeasure for r in records], config.get("countermeasures"))
     datasets = _order([r.dataset for r in records], config.get("datasets"))
@@ -154,7 +155,10 @@ def build_table(
     order = {
         p: i
         for i, p in enumerate(
-            _order([r.poisoner for r in records], ["clean", *config.get("poisoners", [])])
+            _order(
+                [r.poisoner for r in records],
+                [*([reference] if reference else []), *config.get("poisoners", [])],
+            )
         )
     }
     labelled = sorted(
@@ -202,6 +206,7 @@ def build_table(
                             used,
                             "|".join(sorted(setting)),
                             caveats,
+                            reference=(name or label) == reference,
                         )
                     )
     near = _mark_near_clean(rows, columns)
@@ -209,6 +214,17 @@ def build_table(
     table = ReportTable(columns, rows, metric, seeds=seeds, configs=configs)
     table.notes = _notes(table, near) + config_notes
     return table
+
+
+def reference_name(config: dict[str, Any]) -> str | None:
+    """The reference (clean) poisoner of a run: as its configuration recorded it, else the
+    installed registration's (ueb.roles)."""
+    recorded = config.get("reference")
+    if isinstance(recorded, str):
+        return recorded
+    from ueb.roles import reference_poisoner
+
+    return reference_poisoner()
 
 
 def _notes(table: ReportTable, near: bool) -> list[str]:
@@ -248,11 +264,16 @@ def _notes(table: ReportTable, near: bool) -> list[str]:
 
 def pivot_by_victim(
     records: Sequence[CellRecord],
-    countermeasure: str = "vanilla",
+    countermeasure: str | None = None,
     metric: Metric = "final",
     config: dict[str, Any] | None = None,
 ) -> ReportTable:
-    """The transfer layout of the paper's Tables III/E: one column per victim architecture."""
+    """The transfer layout of the paper's Tables III/E: one column per victim architecture, for
+    one countermeasure (default: the baseline, plain training; ueb.roles)."""
+    if countermeasure is None:
+        from ueb.roles import baseline_countermeasure
+
+        countermeasure = baseline_countermeasure()
     swapped = [
         replace(
             r,

@@ -59,6 +59,7 @@ def to_json(table: ReportTable) -> str:
             ],
             "configurations": table.configs,
             "notes": table.notes,
+            **({"detection": table.detection} if table.detection is not None else {}),
         },
         indent=2,
     )

@@ -121,6 +121,8 @@ class Row:
     # What a poisoner said about its poison that a reader must not miss (its `caveat` fact,
     # e.g. semantic images that did not come from the paper's generator); the label carries †.
     caveats: tuple[str, ...] = ()
+    # Whether this is the reference (clean) row the others are read against (ueb.roles).
+    reference: bool = False
 
     def value(self, column: str) -> Value:
         if column == "Mean":
@@ -131,7 +133,7 @@ class Row:
 
     @property
     def is_clean(self) -> bool:
-        return (self.name or self.poisoner) == "clean"
+        return self.reference
 
 
 def title(row: Row) -> str:
@@ -149,6 +151,8 @@ class ReportTable:
     column_axis: str = "Countermeasure"
     seeds: list[int] = field(default_factory=list)
     configs: list[dict[str, Any]] = field(default_factory=list)  # split positions, for JSON
+    # The run's detection table (ueb.detection's detection.json), for JSON; None: none computed.
+    detection: dict[str, Any] | None = None
 
     @property
     def value_columns(self) -> list[str]:
