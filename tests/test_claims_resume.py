@@ -164,10 +164,11 @@ def test_an_interrupted_parallel_run_resumes_keeping_its_cells(executor, uninter
 
 
 @pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="ray.init replaces the run's SIGTERM handler (ray sets its own, its core worker "
-    "aborts on SIGTERM): a SIGTERM under --executor ray ends the run with SIGABRT, no message",
+    strict=False,
+    reason="ray.init replaced the run's SIGTERM handler (a SIGTERM then aborted the driver with "
+    "SIGABRT, no message); RayPool now restores the handlers "
+    "(tests/test_core_executors.py::test_ray_keeps_the_runs_signal_handlers), but this end-to-end "
+    "run has not yet been seen passing: under load Ray's start-up outlasts the deadline",
 )
 def test_sigterm_stops_a_ray_run_with_its_exit_code_and_message(tmp_path):
     """SIGTERM while cells are in flight, as under the process pool (tests/test_stopping.py)."""

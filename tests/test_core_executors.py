@@ -80,3 +80,29 @@ def test_ray_executor_matches_sequential(sequential, tmp_path):
     assert poisoned and all(
         r.clean_final_acc is not None for r in poisoned
     )  # back-filled references
+
+
+def test_ray_keeps_the_runs_signal_handlers():
+    """ray.init installs its own SIGTERM handler (a SIGTERM then aborts the driver); RayPool
+    puts the run's handlers back, so the run still stops with its one line and its exit code."""
+    if os.environ.get("CI"):
+        import ray  # noqa: F401
+    else:
+        pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'ueb[ray]')")
+    import subprocess
+    import sys
+
+    script = (
+        "import signal\n"
+        "from ueb.executors import RayPool\n"
+        "def h(s, f): pass\n"
+        "signal.signal(signal.SIGTERM, h); signal.signal(signal.SIGINT, h)\n"
+        "pool = RayPool(None, 1.0, 0.0, 1)\n"
+        "print(signal.getsignal(signal.SIGTERM) is h, signal.getsignal(signal.SIGINT) is h)\n"
+        "pool.__exit__(None, None, None)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True True"
