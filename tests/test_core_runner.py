@@ -116,6 +116,27 @@ def test_records_carry_versions_params_clean_reference_and_history(registry, tmp
     assert manifest["config"]["countermeasures"] == ["identity", "invert"]
 
 
+def test_a_reference_saved_after_its_poisoned_cells_fills_them_at_once(registry, tmp_path):
+    """In a parallel run a poisoned cell can finish before its clean reference; a stop before
+    the end-of-run pass must not leave it without the reference (a resume would rewrite it)."""
+    runner = _run(registry, tmp_path)
+    runner.execute()
+    recs = {(r.poisoner, r.countermeasure): r for r in runner.store.records()}
+    poisoned, reference = recs[("counting", "identity")], recs[("clean", "identity")]
+    poisoned.clean_final_acc = poisoned.clean_peak_acc = None
+    runner.store.put(poisoned)  # as saved before its reference existed
+    other = recs[("counting", "invert")]
+    other.clean_final_acc = None
+    runner.store.put(other)
+    runner.write(reference)
+    filled = runner.store.get(poisoned.cell_id)
+    assert (filled.clean_final_acc, filled.clean_peak_acc) == (
+        reference.final_acc,
+        reference.peak_acc,
+    )
+    assert runner.store.get(other.cell_id).clean_final_acc is None  # another row's reference
+
+
 def test_a_raising_poisoner_fails_its_cells_and_the_matrix_goes_on(registry, tmp_path):
     runner = _run(registry, tmp_path, poisoners=("raising", "counting"))
     summary = runner.execute()

@@ -321,6 +321,27 @@ class MatrixRunner:
             if trace and os.environ.get("UEB_DEBUG"):  # --debug: where it failed, in full
                 self.warn("traceback of the failure above:\n" + str(trace).rstrip())
         self.store.put(record)
+        if record.status == "ok" and record.poisoner == self.plan.reference:
+            self.fill_cells_waiting_on(record)
+
+    def fill_cells_waiting_on(self, reference: CellRecord) -> None:
+        """The cells of this reference's row that finished before it (parallel runs) get its
+        accuracy now, so a run stopped at any point leaves every saved record complete."""
+        for cell in self.plan.cells:
+            if cell.poisoner == reference.poisoner or (
+                cell.dataset,
+                cell.seed,
+                cell.countermeasure,
+                cell.victim,
+            ) != (reference.dataset, reference.seed, reference.countermeasure, reference.victim):
+                continue
+            record = self.store.get(cell.id)
+            if record is not None and record.status == "ok" and record.clean_final_acc is None:
+                record.clean_final_acc, record.clean_peak_acc = (
+                    reference.final_acc,
+                    reference.peak_acc,
+                )
+                self.store.put(record)
 
     def clean_reference(self, record: CellRecord) -> tuple[float, float] | None:
         reference = self.plan.reference
