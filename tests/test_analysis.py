@@ -342,7 +342,8 @@ def test_seed_figure_draws_every_seed_and_marks_latched_ones(tmp_path):
     store.close()
     run = RunData.open(tmp_path)
     dh = next(r for r in build_table(run.records, "final").rows if r.poisoner == "dh")
-    assert dh.cells["vanilla"].per_seed == ((0, 30.0, True), (1, 80.0, False), (2, 35.0, True))
+    per_seed = [(s.seed, s.value, s.latched) for s in dh.cells["vanilla"].per_seed]
+    assert per_seed == [(0, 30.0, True), (1, 80.0, False), (2, 35.0, True)]
     exported = json.loads(to_json(build_table(run.records, "final")))
     seeds = next(r for r in exported["rows"] if r["poisoner"] == "dh")["cells"]["vanilla"][
         "per_seed"

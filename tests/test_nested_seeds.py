@@ -58,4 +58,7 @@ def test_a_nested_run_trains_every_victim_seed_on_every_poison_seed(registry, tm
     assert "n=2x2 sd poison" in value.text()
     cell = json.loads(to_json(table))["rows"][1]["cells"]["identity"]
     assert cell["nested"]["poison_seeds"] == 2 and cell["nested"]["victim_variance"] >= 0
+    # each number names its unit: the victim seed recurs, the poison seed tells them apart
+    units = [(s["poison_seed"], s["seed"]) for s in cell["per_seed"]]
+    assert units == [(3, 0), (3, 1), (4, 0), (4, 1)]
     assert "n=2x2" in to_markdown(table)

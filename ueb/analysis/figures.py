@@ -236,7 +236,7 @@ def seed_figures(run: RunData, metric: str = "final") -> list[FigureOut]:
         series = [
             (
                 row.poisoner,
-                [[(v, latched) for _, v, latched in row.cells[c].per_seed] for c in columns],
+                [[(s.value, s.latched) for s in row.cells[c].per_seed] for c in columns],
             )
             for row in rows
         ]

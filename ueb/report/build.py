@@ -19,6 +19,7 @@ from ueb.report.model import (
     Metric,
     ReportTable,
     Row,
+    SeedValue,
     Value,
     summarise,
     within_noise,
@@ -58,11 +59,15 @@ def _cell(recs: Sequence[CellRecord], key: str) -> Value:
         per_seed=tuple(
             sorted(
                 (
-                    r.seed,
-                    float(getattr(r, key)),
-                    bool(_probe(r).get("latched")) if _probe(r) else None,
-                )
-                for r in ok
+                    SeedValue(
+                        r.seed,
+                        float(getattr(r, key)),
+                        bool(_probe(r).get("latched")) if _probe(r) else None,
+                        r.poison_seed,
+                    )
+                    for r in ok
+                ),
+                key=lambda s: (s.seed if s.poison_seed is None else s.poison_seed, s.seed, s.value),
             )
         ),
     )

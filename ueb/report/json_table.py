@@ -21,7 +21,7 @@ def value_json(v: Value) -> dict[str, Any]:
         "errors": v.errors,
         "incomplete": v.incomplete,
         "config_digests": list(v.digests),
-        "per_seed": [{"seed": a, "value": b, "latched": c} for a, b, c in v.per_seed],
+        "per_seed": [s._asdict() for s in v.per_seed],
         "nested": None
         if v.nested is None
         else {

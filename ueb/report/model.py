@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from ueb.stats import RESOLUTION_POINTS, NestedComponents, difference_half_width, half_width
 
@@ -19,6 +19,16 @@ SUMMARIES = ("Mean", "Max")
 
 
 # --------------------------------------------------------------------------- statistics
+
+
+class SeedValue(NamedTuple):
+    """One cell's number for one seed. In the nested design the victim seed recurs across
+    poisons, so the poison seed names the unit; `latched` is None without a shortcut probe."""
+
+    seed: int
+    value: float
+    latched: bool | None
+    poison_seed: int | None = None
 
 
 @dataclass
@@ -35,8 +45,8 @@ class Value:
     probed: int = 0  # seeds with a shortcut probe
     near_clean: bool = False  # within noise of the clean row (see NEAR)
     digests: tuple[str, ...] = ()
-    # every seed's number: (seed, value, latched: None where the cell has no shortcut probe)
-    per_seed: tuple[tuple[int, float, bool | None], ...] = ()
+    # every seed's number, ordered by (victim seed, value, ...)
+    per_seed: tuple[SeedValue, ...] = ()
     # The nested design (poison seeds x victim seeds): the variance components and the mean's
     # standard error from the poison means (ueb.stats.nested_components).
     nested: NestedComponents | None = None
