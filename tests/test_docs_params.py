@@ -144,7 +144,7 @@ def effective(name: str, scale: str | None) -> tuple[Any, dict[str, Any]]:
     layered = dict(entry.defaults)
     if scale is not None:
         profile = load_profile(scale)
-        layered.update(cls.presets.get(profile.scale or profile.name, {}))
+        layered.update(entry.presets().get(profile.scale or profile.name, {}))
         layered.update(profile.plugin_params(name))
     return parse_params(cls.Params, layered, where=name), typing.get_type_hints(cls.Params)
 

@@ -1,4 +1,5 @@
-"""Built-in plugins ship their scale as `presets`; the profiles keep their own settings only.
+"""Built-in plugins ship their scale as `presets` (their class's, or their registration's for
+names that share a class); the profiles keep their own settings only.
 
 The values pinned here are what the profiles' `[plugins.NAME]` tables set before the built-ins
 carried them: a preset lost in the move, or one that reaches a name it did not reach before,
@@ -13,13 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from core_helpers import isolated_registry, minimal_plugins
 
 from ueb.config import RunConfig
-from ueb.errors import ConfigError
+from ueb.errors import ConfigError, PluginError
+from ueb.hookspecs import hookimpl
 from ueb.imageset import ImageSet
 from ueb.interfaces import Countermeasure, NoParams, RunContext, Victim
 from ueb.params import bounded, parse_params
 from ueb.plan import resolve
+from ueb.plugins import set_host
 from ueb.profile import PROFILE_DIR
 from ueb.registry import get_registry
 from ueb.testing import check_countermeasure, make_imageset
@@ -138,22 +142,59 @@ def test_the_paper_scale_gives_both_deep_hiding_names_the_diffusion_backend(name
     assert quick.spec("poisoner", name).params["iterations"] == 600
 
 
-def test_profiles_keep_tables_only_for_names_that_share_their_class():
-    """A name whose class serves no other name takes its scale from its class's presets; a
-    table for it in a profile would be a second place to change the same setting."""
-    registry = get_registry()
+def test_built_in_profiles_carry_no_plugin_tables():
+    """Every built-in name takes its scale from its class's presets or, where it shares a class
+    with another name (em / em-class), from its registration's; a table in a profile would be
+    a second place to change the same setting."""
     for path in sorted(PROFILE_DIR.glob("*.toml")):
         tables = tomllib.loads(path.read_text()).get("plugins", {})
-        for key in tables:
-            kinds = [k for k, names in registry.entries.items() if key in names]
-            assert kinds, f"{path.name}: [plugins.{key}] names no registered plugin"
-            entry = registry.get(kinds[0], key)
-            siblings = [
-                n
-                for n, e in registry.entries[kinds[0]].items()
-                if e.target == entry.target and n != key
-            ]
-            assert siblings, f"{path.name}: [plugins.{key}] belongs in {entry.target}'s presets"
+        assert not tables, f"{path.name}: [plugins.{next(iter(tables))}] belongs in a preset"
+
+
+class _Shared(Countermeasure):
+    @dataclass(frozen=True)
+    class Params:
+        repeats: int = bounded(5, ge=1)
+        fraction: float = bounded(0.25, ge=0, le=1)
+
+    presets = {"smoke": {"repeats": 3, "fraction": 0.5}}
+
+
+class _SharedPlugin:
+    @hookimpl
+    def register_countermeasures(self, register):
+        register("shared", _Shared)
+        register("shared-lite", _Shared, presets={"smoke": {"repeats": 1}, "quick": {"repeats": 2}})
+        register("shared-bad", _Shared, presets={"smoke": {"repeets": 1}}, hidden_from_all=True)
+
+
+def test_a_registration_gives_a_name_that_shares_a_class_presets_of_its_own():
+    registry = isolated_registry(minimal_plugins(), _SharedPlugin())
+    try:
+        plans = {
+            p: resolve(
+                RunConfig(countermeasures=("shared", "shared-lite"), poisoners=("random-noise",),
+                          victims=("tiny",), profile=p),
+                registry,
+                load_data=False,
+            )
+            for p in ("smoke", "quick")
+        }  # fmt: skip
+        params = {(p, n): dict(plan.spec("countermeasure", n).params) for p, plan in plans.items()
+                  for n in ("shared", "shared-lite")}  # fmt: skip
+        assert params[("smoke", "shared")] == {"repeats": 3, "fraction": 0.5}
+        # the registration's preset lies on the class's, key by key
+        assert params[("smoke", "shared-lite")] == {"repeats": 1, "fraction": 0.5}
+        assert params[("quick", "shared")] == {"repeats": 5, "fraction": 0.25}
+        assert params[("quick", "shared-lite")] == {"repeats": 2, "fraction": 0.25}
+        with pytest.raises(
+            PluginError,
+            match="'shared-bad' ships a 'smoke' preset with unknown parameter 'repeets'",
+        ):
+            resolve(RunConfig(countermeasures=("shared-bad",), poisoners=("random-noise",),
+                              victims=("tiny",), profile="smoke"), registry, load_data=False)  # fmt: skip
+    finally:
+        set_host(None)
 
 
 def test_every_built_in_preset_names_parameters_of_its_class():
@@ -163,7 +204,7 @@ def test_every_built_in_preset_names_parameters_of_its_class():
             if entry.distribution != "ueb":
                 continue
             cls = entry.load_class()
-            for scale, preset in cls.presets.items():
+            for scale, preset in entry.presets().items():
                 assert scale in ("smoke", "quick", "paper"), (name, scale)
                 parse_params(cls.Params, dict(preset), where=f"{name} presets[{scale}]")
 

@@ -181,7 +181,7 @@ def profiles(
         rows_p = []
         for k, names in registry.entries.items():
             for n, e in names.items():
-                for scale, values in sorted((getattr(e.load_class(), "presets", {}) or {}).items()):
+                for scale, values in sorted(e.presets().items()):
                     rows_p.append(
                         {
                             "plugin": n,

@@ -54,14 +54,13 @@ class _SpecBuilder:
     def _below_user(self, kind: str, name: str) -> dict[str, Any]:
         entry = self.registry.get(kind, name)
         cls = entry.load_class()
-        presets = getattr(cls, "presets", {}) or {}
-        preset = dict(presets.get(self.profile.scale or self.profile.name, {}))
+        preset = entry.presets().get(self.profile.scale or self.profile.name, {})
         fields = set(getattr(cls.Params, "__dataclass_fields__", {}))
         unknown = [k for k in preset if k not in fields]
         if unknown:
             raise PluginError(
                 f"{kind} '{name}' ships a '{self.profile.scale or self.profile.name}' preset with unknown parameter '{unknown[0]}'",
-                "fix the plugin's `presets`",
+                "fix the plugin's `presets` (its class attribute or its register(..., presets=))",
             )
         return {**preset, **matching_plugin_settings(self.profile.plugins, name)}
 

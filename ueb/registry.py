@@ -93,6 +93,15 @@ class Entry:
             )
         return obj
 
+    def presets(self) -> dict[str, dict[str, Any]]:
+        """Scale presets for this name: the class's `presets`, then those given at registration
+        (`register(..., presets={"quick": {...}})`) on top, scale by scale. A registration's own
+        presets let names that share one class (em / em-class) carry different scales."""
+        merged = {s: dict(v) for s, v in (getattr(self.load_class(), "presets", {}) or {}).items()}
+        for scale, values in (self.meta.get("presets") or {}).items():
+            merged.setdefault(scale, {}).update(values)
+        return merged
+
     def create(self, params: Mapping[str, Any] | None = None) -> Any:
         """Instantiate with defaults < `params`, both validated against the class's Params."""
         cls = self.load_class()

@@ -14,6 +14,13 @@ def register_countermeasures(register):
         "ueb_countermeasures_modern.ueraser:UEraser",
         summary="UEraser (Qin et al. 2023): plasma/channel-shuffle/TrivialAugment, loss maximised over K=5 copies for the first 25% of training",
         stage="train",
+        presets={
+            "smoke": {"repeats": 2, "adversarial_fraction": 0.5},
+            "quick": {"repeats": 2},
+            # the official CIFAR-10 training code: 200 epochs, loss maximised over K = 5 copies
+            # in the first 50 (LSP/cifar_train.py, EM/QuickStart.ipynb): the first 25% of the run
+            "paper": {"repeats": 5, "adversarial_fraction": 0.25},
+        },
     )
     register(
         "ueraser-lite",
@@ -21,6 +28,7 @@ def register_countermeasures(register):
         summary="UEraser-Lite: the UEraser augmentations, one copy, no loss maximisation",
         defaults={"level": "lite"},
         stage="train",
+        presets={"smoke": {"repeats": 2}},
         hidden_from_all=True,
     )
     register(
@@ -29,6 +37,7 @@ def register_countermeasures(register):
         summary="UEraser-Max: loss maximised over K=5 copies for the whole run",
         defaults={"level": "max"},
         stage="train",
+        presets={"smoke": {"repeats": 2}, "quick": {"repeats": 2}},
         hidden_from_all=True,
     )
     register(
