@@ -173,6 +173,10 @@ def test_plot_skips_figures_whose_inputs_are_missing(tmp_path):
     assert "em: images skipped: poison of em on fashion-mnist is not in the cache" in " ".join(
         result.output.split()
     )
+    # the HTML report names what it skipped as plain text (no rich markup printed literally)
+    html = _cli("html", str(run_dir), "--out", str(tmp_path / "report.html"))
+    assert html.exit_code == 0, html.output
+    assert "skipped: " in html.output and "[yellow]" not in html.output
 
 
 def _two_blob_model():

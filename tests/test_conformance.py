@@ -29,6 +29,7 @@ from ueb.interfaces import (
 )
 from ueb.nn import Classifier
 from ueb.params import bounded
+from ueb.plan_specs import SpecResolver
 from ueb.profile import load_profile
 from ueb.registry import get_registry
 from ueb.testing import (
@@ -53,10 +54,7 @@ def _builtin(kind: str) -> list[str]:
 
 def _smoke_instance(kind: str, name: str, **extra: Any) -> Any:
     """The plugin as a smoke run builds it: registered defaults < its smoke preset < the profile."""
-    registry = get_registry()
-    cls = registry.get(kind, name).load_class()
-    preset = dict(cls.presets.get(SMOKE.scale or SMOKE.name, {}))
-    return registry.create(kind, name, {**preset, **SMOKE.plugin_params(name), **extra})
+    return SpecResolver(get_registry(), SMOKE, {name: extra}).unbound(kind, name)
 
 
 # --------------------------------------------------------------------------- built-ins

@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 
 from ueb.errors import ConfigError
-from ueb.params import coerce, parse_params
+from ueb.params import coerce
+from ueb.plan_specs import SpecResolver
 from ueb.profile import load_profile
 from ueb.registry import KINDS, get_registry
 
@@ -141,12 +142,11 @@ def effective(name: str, scale: str | None) -> tuple[Any, dict[str, Any]]:
     """(typed Params, type hints) of plugin `name` at `scale` (None: its defaults)."""
     entry = find_entry(name)
     cls = entry.load_class()
-    layered = dict(entry.defaults)
-    if scale is not None:
-        profile = load_profile(scale)
-        layered.update(entry.presets().get(profile.scale or profile.name, {}))
-        layered.update(profile.plugin_params(name))
-    return parse_params(cls.Params, layered, where=name), typing.get_type_hints(cls.Params)
+    if scale is None:
+        return entry.create({}).params, typing.get_type_hints(cls.Params)
+    resolver = SpecResolver(get_registry(), load_profile(scale))
+    typed = resolver.unbound(entry.kind, name).params
+    return typed, typing.get_type_hints(cls.Params)
 
 
 def parse_value(text: str, tp: Any) -> Any:

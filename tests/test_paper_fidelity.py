@@ -17,6 +17,7 @@ from ueb.artifacts import ArtifactStore
 from ueb.errors import ConfigError, PluginError
 from ueb.imageset import ImageSet
 from ueb.interfaces import Batch, Dataset, Requirement, RunContext, Splits
+from ueb.plan_specs import SpecResolver
 from ueb.profile import load_profile
 from ueb.progress import silent
 from ueb.registry import get_registry, is_own
@@ -43,10 +44,7 @@ def context(tmp_path: Path, provider=registry_plugin, seed: int = 0) -> RunConte
 def paper_plugin(kind: str, name: str, **extra):
     """The plugin as the paper profile configures it: its paper preset, under the profile's
     table (a run's order)."""
-    reg = get_registry()
-    preset = reg.get(kind, name).load_class().presets.get("paper", {})
-    params = {**preset, **load_profile("paper").plugin_params(name), **extra}
-    return reg.create(kind, name, params)
+    return SpecResolver(get_registry(), load_profile("paper"), {name: extra}).unbound(kind, name)
 
 
 def mid_grey_set(num_classes: int, per_class: int, seed: int = 0) -> ImageSet:

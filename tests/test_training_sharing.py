@@ -56,6 +56,25 @@ class Quantise(Countermeasure):
         return train.with_images(train.float01())
 
 
+class SqueezeTrainOnly(Countermeasure):
+    """Data stage with an optional test-time transform, off (as ISS without `test_too`): it
+    overrides `transform_test_set` but returns the test set it was given."""
+
+    stage = "data"
+
+    @dataclass(frozen=True)
+    class Params:
+        test_too: bool = False
+
+    def transform_train_set(self, train, ctx):
+        return train.with_images(train.float01())
+
+    def transform_test_set(self, test, ctx):
+        return (
+            test.with_images((test.float01() * 0.5).clamp(0, 1)) if self.params.test_too else test
+        )
+
+
 class Brighten(Countermeasure):
     """Train stage: changes every batch, so it trains alone."""
 
@@ -76,6 +95,8 @@ class _Plugins:
         register("noop", NoOp, stage="data")
         register("quantise", Quantise, stage="data")
         register("brighten", Brighten, stage="train")
+        register("squeeze", SqueezeTrainOnly, stage="data")
+        register("squeeze-test", SqueezeTrainOnly, stage="data", defaults={"test_too": True})
 
 
 @pytest.fixture
@@ -195,3 +216,19 @@ def test_workers_never_change_a_cell_so_the_cache_history_does_not_matter(tmp_pa
         assert on_filled[cell_id].extra.get("reused_from")  # the filled cache was used ...
         for got in (on_filled[cell_id], one[cell_id]):  # ... and changes nothing
             assert (got.final_acc, got.history) == (want.final_acc, want.history)
+
+
+def test_an_optional_test_time_transform_that_is_off_shares_the_training(registry, tmp_path):
+    """A countermeasure that could transform test inputs but did not (ISS without test_too)
+    trains on vanilla's bytes and is evaluated on vanilla's test set: one training. With the
+    test transform on it trains under its own key."""
+    runner = _runner(registry, tmp_path, "c", "run", ("identity", "squeeze", "squeeze-test"))
+    runner.execute()
+    recs = _by_cell(runner)
+    for p in ("clean", "shift"):
+        base, off, on = (recs[(p, c)] for c in ("identity", "squeeze", "squeeze-test"))
+        assert off.extra["training_key"] == base.extra["training_key"]
+        assert off.extra.get("training_from") == base.cell_id
+        assert (off.final_acc, off.history) == (base.final_acc, base.history)
+        assert on.extra["training_key"] != base.extra["training_key"]
+        assert "training_from" not in on.extra

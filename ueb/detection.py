@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from ueb.errors import UebError
-from ueb.plan import Plan, Spec, _SpecBuilder
+from ueb.plan import Plan, Spec
+from ueb.plan_specs import SpecResolver
 from ueb.policy import one_line, recoverable
 from ueb.registry import Registry
 
@@ -51,7 +52,7 @@ def resolve_detectors(plan: Plan, registry: Registry, patterns: Sequence[str]) -
     (registered defaults < the plugin's scale preset < the profile's [plugins.NAME]), with
     their requirements resolved and `preflight` run: before any work."""
     names = registry.select("detector", patterns)
-    builder = _SpecBuilder(plan.config, plan.profile, registry, {}, load_data=False)
+    builder = SpecResolver(registry, plan.profile, plan.config.params)
     return tuple(builder.spec("detector", name) for name in names)
 
 

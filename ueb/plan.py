@@ -21,7 +21,7 @@ from dataclasses import replace
 from ueb import identity, roles
 from ueb.config import RunConfig
 from ueb.errors import ConfigError
-from ueb.numerics import Numerics, device_type, resolve_numerics
+from ueb.numerics import Numerics, resolve_numerics
 from ueb.params import as_dict
 from ueb.plan_checks import MAX_SEED as MAX_SEED
 from ueb.plan_checks import NAME_MAX as NAME_MAX
@@ -34,9 +34,10 @@ from ueb.plan_checks import (
 )
 from ueb.plan_checks import check_writable_folder as check_writable_folder
 from ueb.plan_model import Cell, Plan, Spec
-from ueb.plan_specs import _SpecBuilder
+from ueb.plan_specs import SpecResolver
 from ueb.profile import Profile, load_profile
 from ueb.registry import Registry
+from ueb.worker_count import resolve_workers
 
 # --------------------------------------------------------------------------- resolution
 
@@ -75,7 +76,9 @@ def resolve(config: RunConfig, registry: Registry, *, load_data: bool = True) ->
     if config.poison_seeds:
         _check_seeds(config.poison_seeds)
 
-    builder = _SpecBuilder(config, profile, registry, variants, load_data)
+    builder = SpecResolver(
+        registry, profile, config.params, variants, config.data_root, load_data=load_data
+    )
     specs: dict[tuple[str, str], Spec] = {}
     for kind in ("dataset", "poisoner", "countermeasure", "victim"):
         for name in selected[kind]:
@@ -103,55 +106,12 @@ def resolve(config: RunConfig, registry: Registry, *, load_data: bool = True) ->
     )
     plan = _with_cells(plan) if load_data else plan
     workers = resolve_workers(
-        config, len(plan.cells) if load_data else None, profile.training.iterations
+        config,
+        len(plan.cells) if load_data else None,
+        profile.training.iterations,
+        accelerator=numerics.accelerator,
     )
     return replace(plan, config=replace(config, workers=workers))
-
-
-# A spawned worker spends seconds importing torch and the plugins before its first cell, about
-# what a CPU needs for a few hundred training steps of a small victim: a worker is worth
-# starting only with this many training steps of work for it (the quick main job has 75,600;
-# a smoke run of 8 cells, 96).
-STEPS_PER_WORKER = 1_000
-# Peak resident memory of one process of the quick profile's main job (2.06 GiB measured,
-# benchmarks/RESULTS.md), with headroom: "auto" starts no more workers than memory holds.
-WORKER_PEAK_GIB = 2.5
-
-
-def resolve_workers(config: RunConfig, n_cells: int | None, steps_per_cell: int = 1) -> int:
-    """`config.workers` as a number; "auto" as described on RunConfig.workers."""
-    if config.workers != "auto":
-        return config.workers
-    cores = _usable_cores()
-    if config.executor == "ray":
-        return cores
-    if device_type(config.device) != "cpu":
-        return 1
-    gib = _available_gib()
-    by_memory = int(gib // WORKER_PEAK_GIB) if gib else cores
-    by_work = cores if n_cells is None else n_cells * steps_per_cell // STEPS_PER_WORKER
-    return max(1, min(cores, by_memory, by_work, n_cells or cores))
-
-
-def _usable_cores() -> int:
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _available_gib() -> float:
-    """MemAvailable in GiB, 0.0 where the system does not say."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return 0.0
 
 
 def _with_cells(plan: Plan) -> Plan:

@@ -45,7 +45,17 @@ class Spec:
         }
 
     def describe(self) -> dict[str, Any]:
-        """What is printed and stored (the identity plus the names)."""
+        """What is printed and stored: the identity plus the names, a requirement's included
+        (`ueb.plan_specs.spec_from_description` reads it back)."""
+        return {
+            "name": self.name,
+            "entry": self.entry,
+            **self.identity(),
+            "requires": [r.describe() for r in self.requires],
+        }
+
+    def named_identity(self) -> dict[str, Any]:
+        """The identity and this spec's own names (what a run's id digests)."""
         return {"name": self.name, "entry": self.entry, **self.identity()}
 
 
@@ -163,4 +173,5 @@ class Plan:
             for k, v in self.describe().items()
             if k not in ("params", "grid", "profile_plugins", "device", "data_root")
         }
+        ident["specs"] = {f"{k}:{n}": s.named_identity() for (k, n), s in self.specs.items()}
         return f"{self.profile.name}-{identity.digest(ident)[:10]}"

@@ -27,8 +27,9 @@ from ueb.imageset import ImageSet
 from ueb.integrity import check_poison
 from ueb.interfaces import Countermeasure, Poisoner, RunContext, Splits, Victim
 from ueb.numerics import apply_numerics, machine_record
-from ueb.params import as_dict, parse_params
+from ueb.params import as_dict
 from ueb.plan import Cell, Plan, Spec
+from ueb.plan_specs import SpecResolver, instantiate
 from ueb.poison_cache import PoisonCache
 from ueb.policy import error_record, one_line, recoverable
 from ueb.progress import Progress, silent
@@ -41,7 +42,12 @@ from ueb.trainings import SharedTraining, TrainingIndex
 # Countermeasure methods that act inside training or on test inputs: a countermeasure that
 # overrides one of them enters its trainings' identity; one that only transforms the training
 # set is named by the bytes it produced.
-TRAINING_HOOKS = ("augment", "loss", "fit", "transform_test_set")
+# The hooks through which a countermeasure acts on a training beyond the bytes of its data:
+# a cell whose countermeasure overrides one of them trains under its own key. A test-time
+# transform (`transform_test_set`) counts only where it changed the test set: one that returned
+# its input (ISS without `test_too`) leaves the test bytes, and so the probe's inputs, as they
+# were.
+TRAINING_HOOKS = ("augment", "loss", "fit")
 
 
 def seed_everything(seed: int) -> None:
@@ -128,24 +134,13 @@ class CellWorker:
         self.poisons = PoisonCache(self.artifacts.root / "poisons", log=self.warn)
         self.trainings = TrainingIndex(self.artifacts.root / "trainings", log=self.warn)
         self._poison_memo: tuple[tuple[str, str, int], Poisoned] | None = None
-        self._data_stage_memo: tuple[tuple[Any, ...], tuple[ImageSet, ImageSet]] | None = None
+        self._data_stage_memo: tuple[tuple[Any, ...], tuple[ImageSet, ImageSet, bool]] | None = None
 
     # -- plugins ---------------------------------------------------------------------------
 
     def create(self, spec: Spec) -> Any:
         """The plugin of `spec`, with exactly the spec's typed parameters."""
-        cls = self.registry.get(spec.kind, spec.entry).load_class()
-        instance = cls(
-            parse_params(cls.Params, dict(spec.params), where=f"{spec.kind} '{spec.name}'"),
-            name=spec.name,
-        )
-        got = f"{cls.__module__}:{cls.__qualname__}"
-        if got != spec.target or str(cls.version) != spec.version:
-            raise PluginError(
-                f"{spec.kind} '{spec.name}' is now {got}@{cls.version}, but the run was planned with {spec.target}@{spec.version}",
-                "re-run the command so that the plan is made again",
-            )
-        return instance
+        return instantiate(self.registry, spec)
 
     def provider(
         self, owner: Spec, dataset: str | None = None
@@ -157,9 +152,8 @@ class CellWorker:
         def provide(kind: str, name: str, params: Mapping[str, Any] | None = None) -> Any:
             if kind == "dataset" and name == dataset and not params:
                 return self.create(self.plan.spec("dataset", name))
-            entry = self.registry.get(kind, name)
-            instance = entry.create(params)
-            wanted = as_dict(instance.bind(self.plan.profile.training))
+            resolver = SpecResolver(self.registry, self.plan.profile)
+            wanted = dict(resolver.spec_with(kind, name, name, dict(params or {})).params)
             for req in owner.requires:
                 if req.kind == kind and req.name == name and dict(req.params) == wanted:
                     return self.create(req)
@@ -291,15 +285,17 @@ class CellWorker:
         ):  # shared by all victims
             seed_everything(cell.seed)
             mixed = mix_poison(splits.train, poisoned.images, cell.fraction, cell.poison_seed_used)
+            transformed = cm.transform_test_set(splits.test, ctx)
             self._data_stage_memo = (
                 memo_key,
                 (
                     on_grid(cm.transform_train_set(mixed, ctx)),
-                    on_grid(cm.transform_test_set(splits.test, ctx)),
+                    on_grid(transformed),
+                    transformed is not splits.test,
                 ),
             )
-        train, test = self._data_stage_memo[1]
-        key = self.training_key(cell, cm, cm_spec, train, test)
+        train, test, test_transformed = self._data_stage_memo[1]
+        key = self.training_key(cell, cm, cm_spec, train, test, test_transformed)
         wants_model = self.wants_model(cell)
         with self.trainings.claim(key, f"{cell.poisoner} x {cell.countermeasure}") as slot:
             shared = slot.shared
@@ -361,10 +357,19 @@ class CellWorker:
         )
 
     def training_key(
-        self, cell: Cell, cm: Countermeasure, cm_spec: Spec, train: ImageSet, test: ImageSet
+        self,
+        cell: Cell,
+        cm: Countermeasure,
+        cm_spec: Spec,
+        train: ImageSet,
+        test: ImageSet,
+        test_transformed: bool = True,
     ) -> str:
-        """The identity of this cell's victim training (ueb.identity.training_identity)."""
-        acts_in_training = any(
+        """The identity of this cell's victim training (ueb.identity.training_identity).
+        `test_transformed`: whether the countermeasure's `transform_test_set` changed the test
+        set (it then also acts on the probe's inputs, which the test bytes do not name)."""
+        overrides_test = type(cm).transform_test_set is not Countermeasure.transform_test_set
+        acts_in_training = (overrides_test and test_transformed) or any(
             getattr(type(cm), hook) is not getattr(Countermeasure, hook) for hook in TRAINING_HOOKS
         )
         return identity.training_identity(

@@ -535,6 +535,23 @@ def run(scale: Scale, on_update: Any = None) -> dict[str, Any]:
     return snapshot()
 
 
+def record_gpu_sharing(cache_dir: Path | None, device: str, sharing: list[dict[str, Any]]) -> None:
+    """What `ueb run --workers auto` reads on a GPU of this name (ueb.worker_count)."""
+    from ueb.artifacts import default_cache_root
+    from ueb.numerics import accelerator_of
+    from ueb.worker_count import record_sharing
+
+    root = cache_dir or default_cache_root()
+    name = accelerator_of("cuda", device)
+    try:
+        path = record_sharing(root, name, sharing, source="benchmarks/gpu/paper_speed.py")
+    except OSError as exc:
+        print(f"warning: cannot record GPU sharing under {root} ({exc})", file=sys.stderr)
+        return
+    if path is not None:
+        print(f"recorded sharing for {name} in {path}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("paper_speed.json"), help="JSON file to write")
@@ -569,6 +586,13 @@ def main(argv: list[str] | None = None) -> int:
         default=300.0,
         help="seconds for the whole run; sections that do not fit are skipped",
     )
+    ap.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="ueb cache that records how many processes share this GPU best, which `ueb run "
+        "--workers auto` then uses (default: UEB_CACHE or ~/.cache/ueb)",
+    )
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker is not None:
@@ -590,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = args.out.with_name(args.out.name + ".tmp")
         tmp.write_text(json.dumps(partial, indent=2))
         tmp.replace(args.out)  # whole or not at all
+        if partial.get("sharing") and scale.device.startswith("cuda"):
+            record_gpu_sharing(args.cache_dir, scale.device, partial["sharing"])
 
     result = run(scale, on_update=write)
     write(result)

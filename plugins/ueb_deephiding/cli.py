@@ -51,12 +51,6 @@ def _parse_kv(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _scale_settings(registry: Any, prof: Any, kind: str, name: str) -> dict[str, Any]:
-    """What a run at this profile gives the plugin: its `presets[scale]` < the profile's table."""
-    presets = getattr(registry.get(kind, name).load_class(), "presets", {}) or {}
-    return {**presets.get(prof.scale or prof.name, {}), **prof.plugin_params(name)}
-
-
 def _setup(
     profile: str,
     dataset: str,
@@ -69,6 +63,7 @@ def _setup(
 ):
     from ueb.artifacts import ArtifactStore
     from ueb.interfaces import RunContext
+    from ueb.plan_specs import SpecResolver, instantiate
     from ueb.profile import load_profile
     from ueb.progress import Progress
     from ueb.registry import get_registry, registry_provider
@@ -76,10 +71,11 @@ def _setup(
 
     prof = load_profile(profile)
     registry = get_registry()
-    values = {**_scale_settings(registry, prof, "poisoner", poisoner), **_parse_kv(params)}
-    dh = registry.create("poisoner", poisoner, values)
-    dataset_params = _scale_settings(registry, prof, "dataset", dataset)
-    splits = registry.create("dataset", dataset, dataset_params).load(data_root)
+    # The run's resolver: presets at the profile's scale < the profile < --param, bound to the
+    # profile's training protocol and preflighted, exactly as `ueb run` resolves them.
+    resolver = SpecResolver(registry, prof, {poisoner: _parse_kv(params)})
+    dh = instantiate(registry, resolver.spec("poisoner", poisoner))
+    splits = instantiate(registry, resolver.spec("dataset", dataset)).load(data_root)
     train = splits.train.first_per_class(prof.data.train_per_class)
     progress = Progress()
     ctx = RunContext(

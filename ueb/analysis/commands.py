@@ -167,7 +167,7 @@ def write_html(
             f"cannot write {target} ({exc.strerror})", "choose another --out file"
         ) from exc
     for note in figures.notes:
-        out.log(f"[yellow]skipped[/yellow] {note}")
+        out.log(f"skipped: {note}")
     out.info(f"wrote {target} ({len(figures.figures)} figures)")
     return target
 

@@ -20,20 +20,12 @@ if TYPE_CHECKING:
     import torch
 
     from ueb.imageset import ImageSet
+    from ueb.plan_model import Spec
     from ueb.registry import Registry
 
 
 class Missing(Exception):
     """An input a figure needs is not there (no saved model, poison not in the cache, no data)."""
-
-
-def plugin_params(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """The parameters the run gave plugin `name`: profile scale settings (globs) < the user's."""
-    from ueb.profile import matching_plugin_settings
-
-    merged = matching_plugin_settings(config.get("profile_plugins") or {}, name)
-    merged.update((config.get("params") or {}).get(name, {}))
-    return merged
 
 
 @dataclass
@@ -87,6 +79,26 @@ class RunData:
             self.registry = get_registry()
         return self.registry
 
+    def spec(self, kind: str, name: str) -> Spec:
+        """The typed spec the run resolved for plugin `name` (stored in its manifest). A run
+        stored before the manifest held specs is resolved again, from its profile and params,
+        through the same resolver."""
+        from ueb.plan_specs import SpecResolver, spec_from_description
+
+        stored = (self.config.get("specs") or {}).get(f"{kind}:{name}")
+        if stored:
+            return spec_from_description(stored)
+        from dataclasses import replace
+
+        from ueb.profile import load_profile
+
+        profile = replace(
+            load_profile(str(self.config.get("profile") or "quick")),
+            plugins=self.config.get("profile_plugins") or {},
+        )
+        resolver = SpecResolver(self._registry(), profile, self.config.get("params") or {})
+        return resolver.spec(kind, name)
+
     def ok(self) -> list[CellRecord]:
         return [r for r in self.records if r.status == "ok"]
 
@@ -109,10 +121,11 @@ class RunData:
 
     def _load_clean(self, dataset: str) -> ImageSet | Missing:
         from ueb.errors import UebError
+        from ueb.plan_specs import instantiate
 
         root = self.config.get("data_root")
         try:
-            ds = self._registry().create("dataset", dataset, plugin_params(self.config, dataset))
+            ds = instantiate(self._registry(), self.spec("dataset", dataset))
             splits = ds.load(Path(root) if root else None)
         except UebError as exc:
             return Missing(f"dataset {dataset} cannot be loaded: {exc.line()}")

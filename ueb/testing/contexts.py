@@ -69,18 +69,17 @@ def make_run_context(
 def _declared_provider(owner: Plugin, training: TrainingConfig) -> Any:
     """ctx.plugin for `owner`: a plugin matches a requirement when kind, name and its typed,
     bound parameters agree (what a run compares); it comes with those bound parameters."""
-    from ueb.params import as_dict, parse_params
+    from ueb.params import as_dict
+    from ueb.plan_specs import SpecResolver, instantiate
+    from ueb.profile import Profile
     from ueb.registry import get_registry
 
     registry = get_registry()
     who = _who(owner)
+    resolver = SpecResolver(registry, Profile(name="conformance-check", training=training))
 
     def bound(kind: str, name: str, params: Mapping[str, Any] | None) -> Any:
-        instance = registry.create(kind, name, params)
-        instance.params = parse_params(
-            type(instance).Params, as_dict(instance.bind(training)), where=f"{kind} '{name}'"
-        )
-        return instance
+        return instantiate(registry, resolver.spec_with(kind, name, name, dict(params or {})))
 
     declared = [
         (r.kind, r.name, as_dict(bound(r.kind, r.name, r.params).params)) for r in owner.requires()

@@ -28,8 +28,9 @@ def _instantiate(
     plugin: Any, base: type, params: Mapping[str, Any] | None, training: TrainingConfig
 ) -> Any:
     """An instance prepared as a run prepares it: typed parameters, `bind`, `preflight`."""
-    from ueb.errors import ConfigError
-    from ueb.params import as_dict, parse_params
+    from ueb.errors import ConfigError, PluginError
+    from ueb.params import parse_params
+    from ueb.plan_specs import bind_to
 
     if isinstance(plugin, type):
         if not issubclass(plugin, base):
@@ -57,13 +58,10 @@ def _instantiate(
         _check_params_class(cls)
     who = _who(instance)
     _check_declarations(instance, who)
-    bound = instance.bind(training)
-    if bound is not instance.params:
-        if type(bound) is not cls.Params:
-            raise AssertionError(
-                f"{who}.bind() returned {type(bound).__name__}, not its Params; return dataclasses.replace(self.params, ...)"
-            )
-        instance.params = parse_params(cls.Params, as_dict(bound), where=who)
+    try:
+        bind_to(instance, training, where=who)
+    except PluginError as exc:
+        raise AssertionError(exc.line()) from None
     instance.preflight()
     identity = instance.input_identity()
     try:
