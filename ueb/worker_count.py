@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ueb.atomic import write_text
 from ueb.config import RunConfig
 from ueb.numerics import device_type
 
@@ -71,7 +72,8 @@ def record_sharing(
     """Record how many processes share a device named `accelerator` best: the measured count
     with the most cells per device-hour, among runs whose processes overlapped. `sharing` is
     `paper_speed.py`'s list (`processes`, `cells_per_gpu_hour`, `overlap_fraction`). Returns
-    the file written, or None when no measurement qualifies."""
+    the file written (atomically; UebError when it cannot be), or None when no measurement
+    qualifies."""
     valid = [
         s
         for s in sharing
@@ -83,7 +85,6 @@ def record_sharing(
         return None
     best = max(valid, key=lambda s: float(s["cells_per_gpu_hour"]))
     path = sharing_record(cache_root, accelerator)
-    path.parent.mkdir(parents=True, exist_ok=True)
     body = {
         "format": SHARING_FORMAT,
         "accelerator": accelerator,
@@ -92,10 +93,7 @@ def record_sharing(
         "measured": time.strftime("%Y-%m-%d"),
         "source": source,
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(body, indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps(body, indent=2), what="the GPU sharing record")
 
 
 def measured_processes(cache_root: Path, accelerator: str) -> int | None:

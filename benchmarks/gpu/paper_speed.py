@@ -538,6 +538,7 @@ def run(scale: Scale, on_update: Any = None) -> dict[str, Any]:
 def record_gpu_sharing(cache_dir: Path | None, device: str, sharing: list[dict[str, Any]]) -> None:
     """What `ueb run --workers auto` reads on a GPU of this name (ueb.worker_count)."""
     from ueb.artifacts import default_cache_root
+    from ueb.errors import UebError
     from ueb.numerics import accelerator_of
     from ueb.worker_count import record_sharing
 
@@ -545,8 +546,8 @@ def record_gpu_sharing(cache_dir: Path | None, device: str, sharing: list[dict[s
     name = accelerator_of("cuda", device)
     try:
         path = record_sharing(root, name, sharing, source="benchmarks/gpu/paper_speed.py")
-    except OSError as exc:
-        print(f"warning: cannot record GPU sharing under {root} ({exc})", file=sys.stderr)
+    except UebError as exc:
+        print(f"warning: cannot record GPU sharing under {root} ({exc.line()})", file=sys.stderr)
         return
     if path is not None:
         print(f"recorded sharing for {name} in {path}", file=sys.stderr)
