@@ -23,6 +23,7 @@ from ueb_attacks_apbench.unet import UNet
 
 from ueb.config import load_matrix_file
 from ueb.errors import ConfigError
+from ueb.integrity import IntegrityError, check_poison, check_sample_wise
 from ueb.params import parse_params
 from ueb.registry import get_registry
 from ueb.testing import check_poisoner, make_imageset, make_run_context
@@ -208,6 +209,20 @@ def test_tue_noise_becomes_class_separable_without_an_encoder(tmp_path):
     assert tue.report()["csd_whole_set"] < 0.5 * float(csd_loss(start, SMALL.labels))
     assert tue.report()["encoder_trained"] is False
     assert float((poisoned - x).abs().max()) <= 8 / 255 + 1e-6
+
+
+def test_tue_under_csd_alone_is_class_wise_in_substance_and_says_so(tmp_path):
+    """At the official step count (20 signed steps of 0.8/255 per batch) CSD alone gives every
+    image of a class one pattern wherever clipping did not act, so the poisoner must not claim
+    to be sample-wise; with the contrastive term it does."""
+    tue = build(TransferableUnlearnable, **smoke(TransferableUnlearnable, epochs=2, pgd_steps=20))
+    poisoned = tue.poison(SMALL, make_run_context(tmp_path, owner=tue))
+    u8 = (poisoned * 255).round().to(torch.uint8)
+    with pytest.raises(IntegrityError, match="one pattern"):
+        check_sample_wise(SMALL.with_images(SMALL.uint8()), u8, "tue", tue.budget())
+    assert tue.sample_wise is False
+    check_poison(SMALL, poisoned, tue.budget(), tue.sample_wise, "tue")  # its declaration holds
+    assert build(TransferableUnlearnable, ssl_weight=1.0).sample_wise is True
 
 
 def test_tue_with_the_contrastive_term_trains_its_encoder(tmp_path):
