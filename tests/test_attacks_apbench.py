@@ -5,6 +5,7 @@ leaves alone), plus NTGA's pipeline without JAX."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +276,18 @@ def test_ntga_preflight_names_the_extra_when_jax_is_missing(monkeypatch):
     assert "jax" in line and "pip install 'ueb[ntga]'" in line and "\n" not in line
     with pytest.raises(ConfigError):  # and poison() stops before any work
         ntga.poison(SMALL, None)  # type: ignore[arg-type]
+
+
+def test_ntga_preflight_names_a_jax_that_neural_tangents_cannot_import_with(monkeypatch):
+    """Both packages found, but the import fails (a neural-tangents built for an older JAX):
+    one line naming the extra, before any work, not a traceback mid-run."""
+    monkeypatch.setattr(ntk, "missing_packages", lambda: [])
+    monkeypatch.setitem(sys.modules, "neural_tangents", None)  # makes the import raise
+    with pytest.raises(ConfigError) as err:
+        build(NeuralTangentGeneralization).preflight()
+    line = err.value.line()
+    assert "cannot import neural-tangents" in line and "pip install 'ueb[ntga]'" in line
+    assert "\n" not in line
 
 
 def test_ntga_pgd_ascends_the_gradient_within_the_ball(tmp_path):

@@ -37,7 +37,7 @@ class NeuralTangentGeneralization(Poisoner):
     version = "1"
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"block_size": 64, "val_size": 40, "val_batch": 20, "nb_iter": 2},
-        "quick": {"block_size": 256, "val_size": 500, "val_batch": 50},
+        "quick": {"block_size": 256, "val_size": 500, "val_batch": 50, "model": "fnn"},
     }
 
     @dataclass(frozen=True)

@@ -25,12 +25,33 @@ def missing_packages() -> list[str]:
 
 
 def require_jax() -> None:
+    """Both packages present, and importable together: a neural-tangents release built for an
+    older JAX fails at import (e.g. `jax.core.Jaxpr` is gone from recent JAX), which would
+    otherwise surface as a traceback in the middle of a run."""
     missing = missing_packages()
     if missing:
         verb = "is" if len(missing) == 1 else "are"
         raise ConfigError(
             f"ntga needs {' and '.join(missing)}, which {verb} not installed", INSTALL
         )
+    try:
+        import neural_tangents  # noqa: F401
+    except Exception as exc:  # an ImportError, or whatever a mismatched build raises
+        raise ConfigError(
+            f"ntga cannot import neural-tangents with the JAX installed here "
+            f"({_version('jax')}; neural-tangents {_version('neural-tangents')}): "
+            f"{type(exc).__name__}: {exc}",
+            "install the versions the extra pins: pip install 'ueb[ntga]'",
+        ) from exc
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "unknown version"
 
 
 def surrogate_kernel(model: str, num_classes: int, w_var: float, b_var: float) -> Any:
