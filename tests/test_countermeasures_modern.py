@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from ueb.errors import ConfigError
 from ueb.imageset import ImageSet
 from ueb.interfaces import Batch, StepContext, TrainResult
-from ueb.profile import TrainingConfig
+from ueb.plan_specs import SpecResolver
+from ueb.profile import TrainingConfig, load_profile
 from ueb.registry import get_registry
-from ueb.testing import make_imageset
+from ueb.testing import check_countermeasure, make_imageset
 from ueb.training import Trainer
 
 NAMES = ("ueraser", "orthogonal-projection", "avatar", "simclr")
@@ -59,8 +60,8 @@ def test_registered_with_stages():
     reg = get_registry()
     stages = {name: reg.get("countermeasure", name).meta.get("stage") for name in NAMES}
     assert stages == {
-        "ueraser": "train",
-        "orthogonal-projection": "data",
+        "ueraser": "protocol",
+        "orthogonal-projection": "protocol",
         "avatar": "data",
         "simclr": "protocol",
     }
@@ -163,7 +164,7 @@ def _class_mean_spread(x: torch.Tensor, y: torch.Tensor) -> float:
 def test_orthogonal_projection_is_orthogonal_and_removes_a_classwise_perturbation(run_context):
     poisoned, _ = classwise_poisoned()
     cm = get_registry().create("countermeasure", "orthogonal-projection", {"batch_size": 64})
-    out = cm.transform_train_set(poisoned, run_context)
+    out = cm.project(poisoned, run_context)
     assert out.images.shape == poisoned.images.shape and out.images.dtype == torch.float32
     assert cm.linear_train_acc > 90  # the linear model found the shortcut
     flat = out.images.flatten(1).double()
@@ -195,12 +196,12 @@ def test_orthogonal_projection_test_set(run_context):
         make_imageset(per_class=2, num_classes=4, size=8, seed=3),
     )
     cm = reg.create("countermeasure", "orthogonal-projection")
-    cm.transform_train_set(train, run_context)
+    assert cm.transform_train_set(train, run_context) is train  # the projection runs in fit
+    cm.project(train, run_context)
     assert cm.transform_test_set(test, run_context) is test
     cm = reg.create("countermeasure", "orthogonal-projection", {"project_test": True})
-    with pytest.raises(ConfigError):
-        cm.transform_test_set(test, run_context)
-    cm.transform_train_set(train, run_context)
+    assert cm.transform_test_set(test, run_context) is test  # no span to project off yet
+    cm.project(train, run_context)
     projected = cm.transform_test_set(test, run_context)
     assert (projected.images.flatten(1).double() @ cm.weights.double().t()).abs().max() < 1e-5
 
@@ -208,6 +209,280 @@ def test_orthogonal_projection_test_set(run_context):
 def test_orthogonal_projection_fit(run_context):
     cm = get_registry().create("countermeasure", "orthogonal-projection", {"epochs": 2})
     run_fit(cm, run_context)
+
+
+# --------------------------------------------------------------------------- training recipes
+
+CIFAR10_TRAIN = 50_000  # 390 iterations per epoch at batch 128 (the last partial batch dropped)
+
+
+def _resolved(scale: str, name: str):
+    """The plugin as a run at `scale` builds it (presets under the profile's tables)."""
+    return SpecResolver(get_registry(), load_profile(scale)).unbound("countermeasure", name)
+
+
+@pytest.mark.parametrize(
+    "name", ["ueraser", "ueraser-lite", "ueraser-max", "orthogonal-projection"]
+)
+def test_only_the_paper_scale_selects_the_official_recipe(name):
+    assert get_registry().create("countermeasure", name).params.recipe == "shared"
+    recipes = {scale: _resolved(scale, name).params.recipe for scale in ("smoke", "quick", "paper")}
+    assert recipes == {"smoke": "shared", "quick": "shared", "paper": "official"}
+
+
+def _record_learning_rates(monkeypatch) -> list[float]:
+    """The learning rate of every optimiser step taken from now on."""
+    rates: list[float] = []
+    real_step = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    return rates
+
+
+def _same_training(old: TrainResult, new: TrainResult, m_old, m_new) -> None:
+    assert new.final_acc == old.final_acc and new.peak_acc == old.peak_acc
+    assert new.iterations == old.iterations and new.history == old.history
+    assert new.extra["protocol"] == old.extra["protocol"]
+    s_old, s_new = m_old.state_dict(), m_new.state_dict()
+    assert s_old.keys() == s_new.keys()
+    assert all(torch.equal(s_old[k], s_new[k]) for k in s_old)
+
+
+def _tiny_sets() -> tuple[ImageSet, ImageSet]:
+    return (
+        make_imageset(per_class=8, num_classes=4, size=16, seed=0),
+        make_imageset(per_class=4, num_classes=4, size=16, seed=1),
+    )
+
+
+EVALUATED = dataclasses.replace(TINY_TRAINING, eval_every=2)
+
+
+def test_ueraser_official_recipe_is_lsp_cifar_train():
+    paper = _resolved("paper", "ueraser")
+    assert (paper.params.epochs, paper.params.repeats) == (200, 5)
+    run = load_profile("paper").training
+    cfg = paper.official_training(run, CIFAR10_TRAIN)
+    assert cfg.iterations == 200 * 390
+    assert (cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay) == (128, 0.01, 0.9, 5e-4)
+    assert (cfg.schedule, cfg.milestones, cfg.gamma) == ("step", (100 * 390, 150 * 390), 0.1)
+    assert (cfg.nesterov, cfg.grad_clip, cfg.crop_padding, cfg.flip) == (False, 0.0, 4, True)
+    assert (cfg.eval_every, cfg.precision) == (run.eval_every, run.precision)  # the run's
+    # K copies while epoch < 50 of 200
+    assert paper.repeats_at(50 * 390 - 1, cfg.iterations) == 5
+    assert paper.repeats_at(50 * 390, cfg.iterations) == 1
+    # another set size, an odd number of epochs: lr/10 from epoch ceil(E/2), lr/100 from ceil(3E/4)
+    five = get_registry().create("countermeasure", "ueraser", {"recipe": "official", "epochs": 5})
+    cfg = five.official_training(run, 73_257)  # 572 iterations per epoch
+    assert cfg.iterations == 5 * 572 and cfg.milestones == (3 * 572, 4 * 572)
+
+
+def test_ueraser_official_fit_runs_its_own_schedule(run_context, monkeypatch):
+    cm = get_registry().create(
+        "countermeasure", "ueraser", {"recipe": "official", "epochs": 8, "repeats": 2}
+    )
+    copies: list[int] = []
+    max_loss = cm.max_loss
+
+    def counted(model, batch, k, gen):
+        copies.append(k)
+        return max_loss(model, batch, k, gen)
+
+    monkeypatch.setattr(cm, "max_loss", counted)
+    rates = _record_learning_rates(monkeypatch)
+    result, _ = run_fit(cm, run_context)  # 32 images: one batch (capped at 32) per epoch
+    assert result.iterations == 8
+    assert copies == [2, 2, 1, 1, 1, 1, 1, 1]  # the first 25% of the epochs
+    assert rates == pytest.approx([0.01] * 4 + [0.001] * 2 + [0.0001] * 2)
+    assert {k: result.extra[k] for k in ("recipe", "recipe_epochs", "recipe_steps_per_epoch")} == {
+        "recipe": "official",
+        "recipe_epochs": 8,
+        "recipe_steps_per_epoch": 1,
+    }
+    protocol = result.extra["protocol"]
+    assert (protocol["iterations"], protocol["lr"], protocol["milestones"]) == (8, 0.01, [4, 6])
+
+
+def test_ueraser_shared_recipe_trains_as_the_shared_protocol_did(run_context):
+    """The default fit of a train-stage countermeasure was trainer.fit(hooks=self)."""
+    cm = get_registry().create(
+        "countermeasure", "ueraser", {"repeats": 2, "adversarial_fraction": 0.5}
+    )
+    train, test = _tiny_sets()
+    torch.manual_seed(0)
+    m_old = tiny_victim(train)
+    old = Trainer(EVALUATED, "cpu", seed=0).fit(m_old, train, test, hooks=cm)
+    torch.manual_seed(0)
+    m_new = tiny_victim(train)
+    new = cm.fit(m_new, train, test, Trainer(EVALUATED, "cpu", seed=0), run_context)
+    _same_training(old, new, m_old, m_new)
+    assert new.extra["recipe"] == "shared" and new.iterations == EVALUATED.iterations
+
+
+def test_orthogonal_projection_official_recipe_is_step_2():
+    paper = _resolved("paper", "orthogonal-projection")
+    assert (paper.params.victim_epochs, paper.params.epochs) == (50, 20)
+    cfg = paper.official_training(load_profile("paper").training, CIFAR10_TRAIN)
+    assert cfg.iterations == 50 * 390
+    assert (cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay) == (128, 0.1, 0.9, 1e-4)
+    assert (cfg.schedule, cfg.milestones, cfg.gamma) == ("step", (25 * 390, 37 * 390), 0.1)
+    assert (cfg.nesterov, cfg.grad_clip) == (False, 0.0)
+    # crop and flip come after the rotation, affine and jitter: in the step, not the trainer
+    assert (cfg.crop_padding, cfg.flip) == (0, False)
+    from ueb_countermeasures_modern import orthogonal as op
+
+    assert (op.ROTATION_DEGREES, op.SHEAR_DEGREES, op.SCALE_RANGE) == (10.0, 10.0, (0.8, 1.2))
+    assert (op.JITTER, op.CROP_PADDING, op.CUTMIX_PROB) == (0.2, 4, 0.5)
+
+
+def test_step_2_warps_and_jitter_follow_torchvision():
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+    from ueb_countermeasures_modern import orthogonal as op
+
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 1.4 - 0.2
+    nearest = InterpolationMode.NEAREST
+    angles = torch.tensor([-10.0, -3.5, 0.0, 2.2, 7.7, 9.9], dtype=torch.float64)
+    rotated = op.warp(x, op.rotation_matrices(angles))
+    for i, a in enumerate(angles.tolist()):
+        assert torch.equal(rotated[i], TF.rotate(x[i], a, interpolation=nearest))
+    shear = torch.tensor([-10.0, -4.0, 0.0, 3.0, 6.0, 9.9], dtype=torch.float64)
+    # no sample falls exactly between two pixels (scale 0.9 at 16 px would: both roundings are
+    # nearest there, and the two implementations may pick different ones)
+    scale = torch.tensor([0.8, 0.93, 1.0, 1.07, 1.13, 1.19], dtype=torch.float64)
+    warped = op.warp(x, op.shear_scale_matrices(shear, scale))
+    for i in range(6):
+        want = TF.affine(x[i], angle=0.0, translate=[0, 0], scale=float(scale[i]),
+                         shear=[float(shear[i]), 0.0], interpolation=nearest)  # fmt: skip
+        assert torch.equal(warped[i], want)
+    factors = torch.tensor([0.8, 0.9, 1.0, 1.1, 1.2, 0.85], dtype=torch.float64)
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
+    for k, adjust in enumerate(ops):
+        want = torch.stack([adjust(x[i], float(factors[i])) for i in range(6)])
+        assert torch.allclose(op.adjust(x, k, factors), want, atol=1e-6)
+
+
+def test_step_2_augmentation_clamps_changes_and_repeats():
+    from ueb_countermeasures_modern.orthogonal import OfficialStep
+
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.3
+    y = torch.arange(8)
+    hooks = OfficialStep()
+    out = hooks.augment(Batch(x, y), _step(3))
+    again = hooks.augment(Batch(x, y), _step(3))
+    assert torch.equal(out.x, again.x) and torch.equal(out.lam, again.lam)
+    assert out.x.shape == x.shape and out.x.min() >= 0 and out.x.max() <= 1  # the jitter clamps
+    assert (out.x - x.clamp(0, 1)).abs().amax(dim=(1, 2, 3)).min() > 1e-3  # every image moved
+    assert not torch.equal(hooks.augment(Batch(x, y), _step(4)).x, out.x)
+
+
+def test_step_2_cutmix_is_one_box_for_half_the_batches():
+    from ueb_countermeasures_modern.orthogonal import cutmix_batch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 12, 12, generator=g)
+    y = torch.arange(6)  # labels name the images, so y2 is the permutation
+    mixed, areas = 0, []
+    for _ in range(400):
+        out = cutmix_batch(Batch(x, y), 0.5, g)
+        assert out.lam is not None and out.y2 is not None
+        assert torch.equal(out.x, torch.where(out.x == x, x, x[out.y2]))  # pixels from the partner
+        box = (out.x != x).any(dim=1)  # (B, H, W) pixels taken from the partner
+        moved = out.y2 != y
+        if bool(box.any()):
+            mixed += 1
+            region = box[moved].any(dim=0)
+            rows, cols = region.any(1).nonzero().flatten(), region.any(0).nonzero().flatten()
+            rect = torch.zeros_like(region)
+            rect[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = True
+            assert torch.equal(region, rect)  # one rectangle, the same for the whole batch
+            assert torch.equal(box[moved], region.expand_as(box[moved]))
+            assert torch.allclose(out.lam, 1 - rect.float().mean().expand(6))
+            areas.append(float(rect.float().mean()))
+        else:
+            assert bool((out.lam == 1).all()) or not bool(moved.any())
+    assert 0.4 < mixed / 400 < 0.6
+    assert max(areas) > 0.6 and min(areas) < 0.1  # lam ~ U(0, 1): large boxes and small ones
+
+
+def test_orthogonal_projection_official_fit_runs_step_2(run_context, monkeypatch):
+    from ueb_countermeasures_modern import orthogonal
+
+    cm = get_registry().create(
+        "countermeasure",
+        "orthogonal-projection",
+        {"epochs": 2, "recipe": "official", "victim_epochs": 4},
+    )
+    augmented: list[int] = []
+    strong = orthogonal.strong_augment
+
+    def counted(x, gen):
+        augmented.append(x.shape[0])
+        return strong(x, gen)
+
+    mixes: list[float] = []
+    cutmix = orthogonal.cutmix_batch
+
+    def mixed(batch, prob, gen):
+        mixes.append(prob)
+        return cutmix(batch, prob, gen)
+
+    monkeypatch.setattr(orthogonal, "strong_augment", counted)
+    monkeypatch.setattr(orthogonal, "cutmix_batch", mixed)
+    rates = _record_learning_rates(monkeypatch)
+    result, _ = run_fit(cm, run_context)
+    assert result.iterations == 4 and augmented == [32] * 4 and mixes == [0.5] * 4
+    assert (
+        len(rates) == 2 + 4
+    )  # the linear model's two steps (one batch per epoch), then the victim's
+    assert rates[2:] == pytest.approx([0.1, 0.1, 0.01, 0.001])  # x0.1 at int(2.0), int(3.0)
+    protocol = result.extra["protocol"]
+    assert (protocol["weight_decay"], protocol["crop_padding"], protocol["flip"]) == (
+        1e-4,
+        0,
+        False,
+    )
+    assert result.extra["recipe"] == "official" and result.extra["recipe_epochs"] == 4
+    assert result.extra["linear_train_acc"] == cm.linear_train_acc
+
+
+def test_orthogonal_projection_shared_recipe_trains_as_the_data_stage_did(run_context):
+    """Before, the projection was a data stage and the victim trained on its output under the
+    shared protocol with plain hooks."""
+    from ueb_countermeasures_modern.orthogonal import (
+        fit_linear_weights,
+        orthonormal_basis,
+        project_out,
+    )
+
+    train, test = _tiny_sets()
+    x = train.float01().flatten(1)
+    w = fit_linear_weights(x, train.labels, 4, 2, 1024, 0.1, torch.Generator().manual_seed(0))
+    projected = train.with_images(project_out(x, orthonormal_basis(w)).view(train.images.shape))
+    torch.manual_seed(0)
+    m_old = tiny_victim(train)
+    old = Trainer(EVALUATED, "cpu", seed=0).fit(m_old, projected, test)
+    cm = get_registry().create("countermeasure", "orthogonal-projection", {"epochs": 2})
+    torch.manual_seed(0)
+    m_new = tiny_victim(train)
+    new = cm.fit(m_new, train, test, Trainer(EVALUATED, "cpu", seed=0), run_context)
+    _same_training(old, new, m_old, m_new)
+    assert new.extra["recipe"] == "shared"
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("ueraser", {"recipe": "official", "epochs": 2, "repeats": 2}),
+        ("orthogonal-projection", {"recipe": "official", "epochs": 2, "victim_epochs": 2}),
+    ],
+)
+def test_official_recipes_pass_the_conformance_kit(name, params, tmp_path):
+    check_countermeasure(get_registry().create("countermeasure", name, params), workdir=tmp_path)
 
 
 # --------------------------------------------------------------------------- AVATAR

@@ -429,7 +429,7 @@ def test_the_checker_reads_name_value_and_stage_and_class_columns():
     good = (
         "## LSP: linear separable\n\n| setting | ueb parameter |\n|---|---|\n| x | `class_sep = 10.0`, `norm = None` |\n\n"
         "| name | stage | what | class |\n|---|---|---|---|\n| `jpeg10`, `jpeg50` | data | JPEG | `preprocess:Jpeg` (`quality`) |\n"
-        "| `ueraser` (`level=standard`) | train | x | idem |\n\n"
+        "| `ueraser` (`level=standard`) | protocol | x | idem |\n\n"
         "| name | scale parameter |\n|---|---|\n| `resnet18` | `width` (64) |\n\n"
         "| name | sample-wise |\n|---|---|\n| `em`, `em-class` | `em` yes, `em-class` no |\n"
     )

@@ -338,11 +338,13 @@ def test_concentration_loss_is_eq_10_over_ordered_same_class_pairs():
 def test_ueraser_maximises_over_copies_for_the_first_quarter_of_the_run():
     default = get_registry().create("countermeasure", "ueraser", {})
     paper = paper_plugin("countermeasure", "ueraser")
-    total = load_profile("paper").training.iterations  # 40,000
+    assert paper.params.recipe == "official"  # its own 200 epochs, not the shared 40,000 steps
+    total = paper.official_training(load_profile("paper").training, 50_000).iterations
+    assert total == 200 * 390  # CIFAR-10: 390 batches of 128 per epoch
     for cm in (default, paper):
         assert cm.params.adversarial_fraction == 0.25  # 50 of 200 epochs in the official code
-        assert cm.repeats_at(0, total) == 5 and cm.repeats_at(9_999, total) == 5
-        assert cm.repeats_at(10_000, total) == 1 and cm.repeats_at(total - 1, total) == 1
+        assert cm.repeats_at(0, total) == 5 and cm.repeats_at(50 * 390 - 1, total) == 5
+        assert cm.repeats_at(50 * 390, total) == 1 and cm.repeats_at(total - 1, total) == 1
 
 
 # --------------------------------------------------------------------------- docs

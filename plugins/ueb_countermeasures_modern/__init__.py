@@ -13,13 +13,14 @@ def register_countermeasures(register):
         "ueraser",
         "ueb_countermeasures_modern.ueraser:UEraser",
         summary="UEraser (Qin et al. 2023): plasma/channel-shuffle/TrivialAugment, loss maximised over K=5 copies for the first 25% of training",
-        stage="train",
+        stage="protocol",
         presets={
             "smoke": {"repeats": 2, "adversarial_fraction": 0.5},
             "quick": {"repeats": 2},
             # the official CIFAR-10 training code: 200 epochs, loss maximised over K = 5 copies
-            # in the first 50 (LSP/cifar_train.py, EM/QuickStart.ipynb): the first 25% of the run
-            "paper": {"repeats": 5, "adversarial_fraction": 0.25},
+            # in the first 50 (LSP/cifar_train.py, EM/QuickStart.ipynb): the first 25% of the
+            # run, trained with that script's own optimiser and schedule
+            "paper": {"repeats": 5, "adversarial_fraction": 0.25, "recipe": "official"},
         },
     )
     register(
@@ -27,8 +28,8 @@ def register_countermeasures(register):
         "ueb_countermeasures_modern.ueraser:UEraser",
         summary="UEraser-Lite: the UEraser augmentations, one copy, no loss maximisation",
         defaults={"level": "lite"},
-        stage="train",
-        presets={"smoke": {"repeats": 2}},
+        stage="protocol",
+        presets={"smoke": {"repeats": 2}, "paper": {"recipe": "official"}},
         hidden_from_all=True,
     )
     register(
@@ -36,15 +37,15 @@ def register_countermeasures(register):
         "ueb_countermeasures_modern.ueraser:UEraser",
         summary="UEraser-Max: loss maximised over K=5 copies for the whole run",
         defaults={"level": "max"},
-        stage="train",
-        presets={"smoke": {"repeats": 2}, "quick": {"repeats": 2}},
+        stage="protocol",
+        presets={"smoke": {"repeats": 2}, "quick": {"repeats": 2}, "paper": {"recipe": "official"}},
         hidden_from_all=True,
     )
     register(
         "orthogonal-projection",
         "ueb_countermeasures_modern.orthogonal:OrthogonalProjection",
         summary="Orthogonal Projection (Sandoval-Segura et al. 2023): project the data off a linear model's class weights",
-        stage="data",
+        stage="protocol",
     )
     register(
         "avatar",

@@ -12,17 +12,22 @@ official repository (lafeat/ueraser, `ueraser.py` and `LSP/cifar_train.py`):
   image is the largest of its K losses, averaged over the batch;
 * levels, as the official training script's modes define them:
   `lite` ("fast"): one augmented copy throughout (no loss maximisation);
-  `standard`: K copies for the first part of training, then one augmented copy (the
-  augmentation stays on, as in the official code). The official CIFAR-10 training code
-  (`LSP/cifar_train.py`, `EM/QuickStart.ipynb`) runs 200 epochs with K copies while
-  `epoch < 50`, so `adversarial_fraction` = 50/200 = 0.25 of the run (APBench, from the same
-  lab, also uses 50 epochs); the README's usage snippet says 60 of 200 (0.30);
-  `max` ("em"): K copies for the whole run (the paper trains UEraser-Max longer; the length of
-  training is the profile's, not this plugin's).
+  `standard`: K copies for the first `adversarial_fraction` of the iterations, then one
+  augmented copy (the augmentation stays on, as in the official code); the official CIFAR-10
+  training code (`LSP/cifar_train.py`, `EM/QuickStart.ipynb`) runs 200 epochs with K copies
+  while `epoch < 50`: 0.25 of the run (the README's usage snippet says 60 of 200);
+  `max` ("em"): K copies for the whole run;
+* recipe: `shared` trains under the run's protocol; `official` under `LSP/cifar_train.py`'s:
+  `epochs` epochs (`--epoch 200`) at batch 128 (`--batchsize`), SGD lr 0.01 (`--lr`),
+  momentum 0.9, weight decay 5e-4, the rate divided by 10 from the first epoch >= 0.5 E and by
+  100 from the first >= 0.75 E (`util.adjust_learning_rate`), crop (padding 4) and flip, no
+  gradient clipping. The adversarial phase is the first `adversarial_fraction` of that run
+  (epochs 0-49 of 200). Stage: protocol, since the official recipe replaces the protocol.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -30,18 +35,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ueb.interfaces import Batch, Countermeasure, Stage, StepContext
+from ueb.imageset import ImageSet
+from ueb.interfaces import (
+    Batch,
+    Countermeasure,
+    Fitter,
+    RunContext,
+    Stage,
+    StepContext,
+    TrainResult,
+)
 from ueb.params import bounded
+from ueb.profile import TrainingConfig
 
+from ._recipe import EpochRecipe, Recipe, fit_with, recipe_facts
 from ._rng import global_rng_from
 
 Level = Literal["lite", "standard", "max"]
+
+# LSP/cifar_train.py: --batchsize 128, --lr 0.01, SGD(momentum=0.9, weight_decay=5e-4), the
+# trainer's RandomCrop(32, padding=4) and RandomHorizontalFlip, no gradient clipping.
+OFFICIAL = EpochRecipe(batch_size=128, lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+
+def official_decay_epochs(epochs: int) -> tuple[int, int]:
+    """The first epochs at lr/10 and lr/100: `util.adjust_learning_rate` keeps the rate while
+    epoch < 0.5 E and divides it by 10 while epoch < 0.75 E, by 100 after."""
+    return math.ceil(0.5 * epochs), math.ceil(0.75 * epochs)
 
 
 class UEraser(Countermeasure["UEraser.Params"]):
     """UEraser (Qin et al. 2023): plasma, channel shuffle and TrivialAugment, max loss over K copies."""
 
-    stage: ClassVar[Stage] = "train"
+    stage: ClassVar[Stage] = "protocol"
     version: ClassVar[str] = "2"  # 2: adversarial phase 25% of the run (was 30%)
 
     @dataclass(frozen=True)
@@ -55,6 +81,8 @@ class UEraser(Countermeasure["UEraser.Params"]):
         brightness_intensity: tuple[float, float] = bounded((0.5, 1.0), ge=0)
         channel_shuffle_p: float = bounded(0.5, ge=0, le=1)
         trivial_augment: bool = True
+        recipe: Recipe = "shared"  # "official": LSP/cifar_train.py's epochs, SGD and schedule
+        epochs: int = bounded(200, ge=1)  # the official recipe's epochs (`--epoch 200`)
 
         def __post_init__(self) -> None:
             if self.repeats < 1:
@@ -68,7 +96,11 @@ class UEraser(Countermeasure["UEraser.Params"]):
                     raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
 
     def cost(self) -> float:
-        return float(self.params.repeats)  # K augmented copies per image while maximising
+        # K augmented copies per image while maximising; 100 CIFAR-10 epochs at batch 128 are
+        # about the paper profile's 40,000 iterations
+        p = self.params
+        length = p.epochs / 100 if p.recipe == "official" else 1.0
+        return float(p.repeats) * length
 
     def __init__(self, params: Any = None, name: str | None = None) -> None:
         super().__init__(params, name)
@@ -128,3 +160,23 @@ class UEraser(Countermeasure["UEraser.Params"]):
         return self.max_loss(
             model, batch, self.repeats_at(step.step, step.total_steps), step.generator
         )
+
+    # -- the training protocol ------------------------------------------------------------
+
+    def official_training(self, cfg: TrainingConfig, n: int) -> TrainingConfig:
+        """The run's `cfg` with LSP/cifar_train.py's protocol for `epochs` epochs of n images."""
+        epochs = self.params.epochs
+        return OFFICIAL.training(cfg, n, epochs, official_decay_epochs(epochs))
+
+    def fit(
+        self, model: nn.Module, train: ImageSet, test: ImageSet, trainer: Fitter, ctx: RunContext
+    ) -> TrainResult:
+        p = self.params
+        if p.recipe == "shared":
+            result = trainer.fit(model, train, test, hooks=self)
+        else:
+            cfg = self.official_training(trainer.cfg, len(train))
+            description = f"{self.name}: official recipe"
+            result = fit_with(cfg, model, train, test, trainer, ctx, self, description)
+        result.extra.update(recipe_facts(p.recipe, p.epochs, len(train), OFFICIAL.batch_size))
+        return result
