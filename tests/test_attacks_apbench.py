@@ -5,6 +5,8 @@ leaves alone), plus NTGA's pipeline without JAX."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -288,6 +290,30 @@ def test_ntga_preflight_names_a_jax_that_neural_tangents_cannot_import_with(monk
     line = err.value.line()
     assert "cannot import neural-tangents" in line and "pip install 'ueb[ntga]'" in line
     assert "\n" not in line
+
+
+def test_ntga_loads_torchs_native_libraries_before_neural_tangents(tmp_path):
+    """In a fresh process (where nothing has imported torch._dynamo yet) the preflight must
+    load torch's lazily imported natives before neural-tangents brings in jaxlib and
+    TensorFlow: in the other order torch's first optimiser crashes the process."""
+    fake = tmp_path / "neural_tangents"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("import sys\nORDER_OK = 'torch._dynamo' in sys.modules\n")
+    script = (
+        "import sys\n"
+        "from ueb_attacks_apbench import ntk\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+        "ntk.missing_packages = lambda: []\n"
+        "ntk.require_jax()\n"
+        "import neural_tangents\n"
+        "print('order ok' if neural_tangents.ORDER_OK else 'jax side first')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "order ok"
 
 
 def test_ntga_pgd_ascends_the_gradient_within_the_ball(tmp_path):

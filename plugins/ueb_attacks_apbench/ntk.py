@@ -24,6 +24,14 @@ def missing_packages() -> list[str]:
     return [name for name in ("jax", "neural_tangents") if importlib.util.find_spec(name) is None]
 
 
+def load_torch_natives_first() -> None:
+    """Load the native libraries torch pulls in lazily (triton, through torch._dynamo) before
+    JAX's: with jaxlib and TensorFlow (which neural-tangents imports) already loaded, torch's
+    later import of triton crashes the process (a segmentation fault at the victim's first
+    optimiser, seen with torch 2.14.1 and JAX 0.4.35). Loaded in this order, both work."""
+    import torch._dynamo  # noqa: F401
+
+
 def require_jax() -> None:
     """Both packages present, and importable together: a neural-tangents release built for an
     older JAX fails at import (e.g. `jax.core.Jaxpr` is gone from recent JAX), which would
@@ -34,6 +42,7 @@ def require_jax() -> None:
         raise ConfigError(
             f"ntga needs {' and '.join(missing)}, which {verb} not installed", INSTALL
         )
+    load_torch_natives_first()
     try:
         import neural_tangents  # noqa: F401
     except Exception as exc:  # an ImportError, or whatever a mismatched build raises
@@ -88,6 +97,7 @@ def validation_loss_grad(
     infinitely wide surrogate, started at zero output). Validation is taken in `val_batch`
     chunks whose gradients are summed (the remainder past whole chunks is left out, as in the
     official code). Arrays are NHWC float64, labels one-hot."""
+    load_torch_natives_first()
     import jax
     import jax.numpy as jnp
     import neural_tangents as nt
