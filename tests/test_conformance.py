@@ -68,6 +68,13 @@ def _poisoner_inputs(name: str, folder) -> dict[str, Any]:
         # class-wise check holds only for a hider that has not learned yet (one block, a few
         # steps); a run does not check a class-wise claim (docs/deephiding.md).
         return {"blocks": 1, "growth": 8, "iterations": 6, "batch_size": 8, "lr": 1e-3}
+    if name == "tue":
+        # At its official setting (CSD alone) TUE is class-wise in substance, but on the kit's
+        # data a few positions whose class-centre gradient is near zero keep flipping sign
+        # between batches, so neither claim holds pixel-exactly there; the CSD-only kit check
+        # runs on data where it converges (tests/test_attacks_apbench.py). Here the kit checks
+        # the contrastive variant, which is sample-wise.
+        return {"ssl_weight": 1.0, "pgd_steps": 2}
     if name in ("uc", "14a"):
         from ueb_attacks_clip.tiny_clip import save_tiny_clip
 
