@@ -64,21 +64,26 @@ class EpochRecipe:
         )
 
 
-def fit_with(
-    cfg: TrainingConfig,
+def fit_by_recipe(
+    recipe: Recipe,
+    official: TrainingConfig,
     model: nn.Module,
     train: ImageSet,
     test: ImageSet,
     trainer: Fitter,
     ctx: RunContext,
     hooks: Any,
-    description: str,
+    official_hooks: Any,
+    name: str,
 ) -> TrainResult:
-    """Train under `cfg` on the run's device and seed (a Trainer of its own)."""
+    """`shared`: the run's trainer with `hooks`; `official`: a Trainer of its own under
+    `official` (the run's device and seed) with `official_hooks`."""
+    if recipe == "shared":
+        return trainer.fit(model, train, test, hooks=hooks)
     from ueb.training import Trainer
 
-    own = Trainer(cfg, trainer.device, trainer.seed, ctx.progress)
-    return own.fit(model, train, test, hooks=hooks, description=description)
+    own = Trainer(official, trainer.device, trainer.seed, ctx.progress)
+    return own.fit(model, train, test, hooks=official_hooks, description=f"{name}: official recipe")
 
 
 def recipe_facts(recipe: Recipe, epochs: int, n: int, batch_size: int) -> dict[str, Any]:

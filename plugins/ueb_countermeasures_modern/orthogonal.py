@@ -48,7 +48,7 @@ from ueb.params import bounded
 from ueb.profile import TrainingConfig
 from ueb.training import random_crop_flip, resolve_device
 
-from ._recipe import EpochRecipe, Recipe, fit_with, recipe_facts
+from ._recipe import EpochRecipe, Recipe, fit_by_recipe, recipe_facts
 
 # orthogonal_projection_step_2.py: --batch_size 128, --lr 0.1, --momentum 0.9,
 # --weight_decay 1e-4, SGD without Nesterov. The crop and flip come after the rotation, affine
@@ -332,14 +332,11 @@ class OrthogonalProjection(Countermeasure["OrthogonalProjection.Params"]):
         p = self.params
         projected = self.project(train, ctx)
         test = self.transform_test_set(test, ctx)
-        if p.recipe == "shared":
-            result = trainer.fit(model, projected, test, hooks=self)
-        else:
-            cfg = self.official_training(trainer.cfg, len(train))
-            description = f"{self.name}: official recipe"
-            result = fit_with(
-                cfg, model, projected, test, trainer, ctx, OfficialStep(), description
-            )
+        official = self.official_training(trainer.cfg, len(train))
+        result = fit_by_recipe(
+            p.recipe, official, model, projected, test, trainer, ctx, self, OfficialStep(),
+            self.name,
+        )  # fmt: skip
         result.extra.update(
             {
                 **recipe_facts(p.recipe, p.victim_epochs, len(train), OFFICIAL.batch_size),

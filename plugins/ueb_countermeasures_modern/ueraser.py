@@ -48,7 +48,7 @@ from ueb.interfaces import (
 from ueb.params import bounded
 from ueb.profile import TrainingConfig
 
-from ._recipe import EpochRecipe, Recipe, fit_with, recipe_facts
+from ._recipe import EpochRecipe, Recipe, fit_by_recipe, recipe_facts
 from ._rng import global_rng_from
 
 Level = Literal["lite", "standard", "max"]
@@ -172,11 +172,9 @@ class UEraser(Countermeasure["UEraser.Params"]):
         self, model: nn.Module, train: ImageSet, test: ImageSet, trainer: Fitter, ctx: RunContext
     ) -> TrainResult:
         p = self.params
-        if p.recipe == "shared":
-            result = trainer.fit(model, train, test, hooks=self)
-        else:
-            cfg = self.official_training(trainer.cfg, len(train))
-            description = f"{self.name}: official recipe"
-            result = fit_with(cfg, model, train, test, trainer, ctx, self, description)
+        official = self.official_training(trainer.cfg, len(train))
+        result = fit_by_recipe(
+            p.recipe, official, model, train, test, trainer, ctx, self, self, self.name
+        )
         result.extra.update(recipe_facts(p.recipe, p.epochs, len(train), OFFICIAL.batch_size))
         return result
